@@ -1,0 +1,226 @@
+//! One ONNX graph: read from a memory map, optimized once by tract, run many times.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use prost::Message;
+use tract_onnx::pb::ModelProto;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::optim::Optimizer;
+
+use crate::error::{Error, Result};
+
+/// An input or output of a graph, as tract typed it.
+#[derive(Debug, Clone)]
+pub struct Port {
+    pub name: String,
+    pub dt: DatumType,
+    /// Concrete dimensions, `None` where the graph keeps a symbol (batch, sequence lengths).
+    pub shape: Vec<Option<usize>>,
+}
+
+impl Port {
+    pub fn describe(&self) -> String {
+        let dims: Vec<String> = self
+            .shape
+            .iter()
+            .map(|d| d.map_or("?".to_string(), |d| d.to_string()))
+            .collect();
+        format!("{} {:?}[{}]", self.name, self.dt, dims.join(","))
+    }
+}
+
+/// A graph ready to run: one optimized tract plan, shared by every call.
+#[derive(Debug, Clone)]
+pub struct Graph {
+    pub path: PathBuf,
+    pub inputs: Vec<Port>,
+    pub outputs: Vec<Port>,
+    plan: Arc<TypedRunnableModel>,
+}
+
+/// Reads an ONNX file through a memory map and decodes its protobuf.
+pub fn read_proto(path: &Path) -> Result<ModelProto> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: the map is read-only and dropped before this function returns; a file truncated
+    // by another process meanwhile would fault, which is the usual contract of mapping files.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    let proto = ModelProto::decode(&map[..])
+        .map_err(|e| Error::graph(path, format!("not a valid ONNX file ({e})")))?;
+    if proto.graph.is_none() {
+        return Err(Error::graph(
+            path,
+            "not a valid ONNX file (it holds no graph)",
+        ));
+    }
+    Ok(proto)
+}
+
+/// How to pin the shape of a graph before optimizing it.
+#[derive(Debug, Default, Clone)]
+pub struct Shapes {
+    /// `(input name, axis, size)`: dimensions that must be concrete for tract to type the graph
+    /// (a ViT's height and width) or that work around a tract limitation (a batch of 1).
+    pub fixed: Vec<(String, usize, usize)>,
+    /// Pin axis 0 of every input to 1.
+    pub batch_of_one: bool,
+}
+
+impl Graph {
+    /// Parses, types and optimizes `proto` (already edited by [`crate::model::surgery`]).
+    pub fn prepare(
+        path: &Path,
+        proto: &ModelProto,
+        shapes: &Shapes,
+        threads: usize,
+    ) -> Result<Graph> {
+        let fail = |e: TractError| Error::graph(path, e);
+        // Exporters' value_info annotations sometimes contradict what tract infers
+        // (tract-hf-recipes.md, item 5); tract's own inference is enough.
+        let onnx = tract_onnx::onnx().with_ignore_value_info(true);
+        let dir = path.parent().and_then(|p| p.to_str());
+        let parsed = onnx.parse(proto, dir).map_err(fail)?;
+        if !parsed.unresolved_inputs.is_empty() {
+            return Err(Error::graph(
+                path,
+                format!(
+                    "the graph reads values it never defines: {}",
+                    parsed.unresolved_inputs.join(", ")
+                ),
+            ));
+        }
+        let mut model = parsed.model;
+        unsupported_ops(path, &model)?;
+
+        let input_names: Vec<String> = model
+            .input_outlets()
+            .map_err(fail)?
+            .iter()
+            .map(|o| model.node(o.node).name.clone())
+            .collect();
+        let output_names: Vec<String> = model
+            .output_outlets()
+            .map_err(fail)?
+            .iter()
+            .map(|o| {
+                model
+                    .outlet_label(*o)
+                    .map(String::from)
+                    .unwrap_or_else(|| model.node(o.node).name.clone())
+            })
+            .collect();
+
+        for (ix, name) in input_names.iter().enumerate() {
+            let mut fact = model.input_fact(ix).map_err(fail)?.clone();
+            if shapes.batch_of_one {
+                fact.shape.set_dim(0, 1.to_dim());
+            }
+            for (_, axis, size) in shapes.fixed.iter().filter(|(n, _, _)| n == name) {
+                fact.shape.set_dim(*axis, size.to_dim());
+            }
+            model.set_input_fact(ix, fact).map_err(fail)?;
+        }
+
+        let mut typed = model.into_typed().map_err(fail)?;
+        declutter(&mut typed).map_err(fail)?;
+        typed.optimize().map_err(fail)?;
+
+        let port = |name: &String, fact: &TypedFact| Port {
+            name: name.clone(),
+            dt: fact.datum_type,
+            shape: fact
+                .shape
+                .iter()
+                .map(|d| d.as_i64().map(|v| v as usize))
+                .collect(),
+        };
+        let inputs = input_names
+            .iter()
+            .enumerate()
+            .map(|(ix, name)| Ok(port(name, typed.input_fact(ix)?)))
+            .collect::<TractResult<Vec<_>>>()
+            .map_err(fail)?;
+        let outputs = output_names
+            .iter()
+            .enumerate()
+            .map(|(ix, name)| Ok(port(name, typed.output_fact(ix)?)))
+            .collect::<TractResult<Vec<_>>>()
+            .map_err(fail)?;
+
+        let options = RunOptions {
+            executor: (threads > 1).then(|| multithread::Executor::multithread(threads)),
+            ..Default::default()
+        };
+        let plan = typed.into_runnable_with_options(&options).map_err(fail)?;
+        Ok(Graph {
+            path: path.to_path_buf(),
+            inputs,
+            outputs,
+            plan,
+        })
+    }
+
+    pub fn input(&self, name: &str) -> Option<&Port> {
+        self.inputs.iter().find(|p| p.name == name)
+    }
+
+    pub fn output_index(&self, name: &str) -> Option<usize> {
+        self.outputs.iter().position(|p| p.name == name)
+    }
+
+    /// Runs the graph; `feed` gives the value of each input port in turn. Values whose float
+    /// type differs from the port's (f32 given to an fp16 graph) are converted here, at the
+    /// boundary, so the rest of glance works in f32.
+    pub fn run(&self, mut feed: impl FnMut(&Port) -> Result<Tensor>) -> Result<TVec<TValue>> {
+        let mut values = TVec::with_capacity(self.inputs.len());
+        for port in &self.inputs {
+            let t = feed(port)?;
+            let t = if t.datum_type() != port.dt {
+                t.cast_to_dt(port.dt)
+                    .map_err(|e| Error::graph(&self.path, e))?
+                    .into_owned()
+            } else {
+                t
+            };
+            values.push(t.into_tvalue());
+        }
+        self.plan
+            .run(values)
+            .map_err(|e| Error::graph(&self.path, e))
+    }
+}
+
+/// tract parses unknown operators into placeholders and only fails when typing them, with a
+/// message that does not name the operator plainly. Say it first.
+fn unsupported_ops(path: &Path, model: &InferenceModel) -> Result<()> {
+    let mut missing: Vec<String> = model
+        .nodes()
+        .iter()
+        .filter_map(|n| {
+            let name = n.op.name();
+            let op = name.strip_prefix("Unimplemented(")?.strip_suffix(')')?;
+            Some(format!("{op} (node {})", n.name))
+        })
+        .collect();
+    missing.sort();
+    missing.dedup();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::graph(
+            path,
+            format!("operator not supported by tract: {}", missing.join(", ")),
+        ))
+    }
+}
+
+/// tract's declutter, without `FoldUniformMask`: on GPT-2 graphs that pass turns the causal
+/// mask into a wrong constant, which gives wrong logits with no error for short prefixes
+/// (tract-hf-recipes.md, item 4).
+fn declutter(model: &mut TypedModel) -> TractResult<()> {
+    let mut optimizer = Optimizer::declutter();
+    optimizer
+        .passes
+        .retain(|pass| !format!("{pass:?}").starts_with("FoldUniformMask"));
+    optimizer.optimize(model)
+}

@@ -1,0 +1,286 @@
+//! Edits to an ONNX graph at the protobuf level, made before tract parses it.
+//!
+//! Each edit exists because tract 0.23.9 cannot run a Hugging Face export as it is
+//! (../shared/docs/tract-hf-recipes.md has the verbatim failures). They keep the graph's
+//! meaning: the same inputs give the same outputs.
+
+use std::collections::HashSet;
+
+use tract_onnx::pb::{self, attribute_proto::AttributeType, GraphProto, NodeProto, ValueInfoProto};
+
+/// Which branch of Optimum's merged decoder to keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Branch {
+    /// `use_cache_branch = false`: the whole prefix, no past (the `decoder_model` graph).
+    NoCache,
+    /// `use_cache_branch = true`: one step against a KV cache (the `decoder_with_past_model` graph).
+    Cache,
+}
+
+/// The input Optimum's `merge_decoders` adds to choose the branch.
+pub const USE_CACHE_BRANCH: &str = "use_cache_branch";
+
+/// Replaces the `If` on `use_cache_branch` by the nodes of one of its branches.
+///
+/// tract types both branches of an `If` and refuses the merged decoder, whose branches return
+/// `present.*` tensors of different shapes; and even where it could, it would re-plan the branch
+/// at every step. Returns false when the graph has no such `If`.
+pub fn splice_if(graph: &mut GraphProto, branch: Branch) -> Result<bool, String> {
+    let Some(at) = graph.node.iter().position(|n| {
+        n.op_type == "If" && n.input.first().map(String::as_str) == Some(USE_CACHE_BRANCH)
+    }) else {
+        return Ok(false);
+    };
+    let if_node = graph.node.remove(at);
+    let wanted = match branch {
+        Branch::Cache => "then_branch",
+        Branch::NoCache => "else_branch",
+    };
+    let mut body = if_node
+        .attribute
+        .into_iter()
+        .find(|a| a.name == wanted)
+        .and_then(|a| a.g)
+        .ok_or_else(|| format!("the If on {USE_CACHE_BRANCH} has no {wanted}"))?;
+    if body.output.len() != if_node.output.len() {
+        return Err(format!(
+            "the If on {USE_CACHE_BRANCH} has {} outputs but its {wanted} has {}",
+            if_node.output.len(),
+            body.output.len()
+        ));
+    }
+    graph.initializer.append(&mut body.initializer);
+    graph.node.splice(at..at, body.node);
+    // Optimum names branch outputs like the If outputs; where another exporter did not, bridge
+    // them (an Identity from a name to itself would be a loop).
+    for (outer, inner) in if_node.output.iter().zip(&body.output) {
+        if outer != &inner.name {
+            graph.node.push(identity(&inner.name, outer));
+        }
+    }
+    graph.input.retain(|i| i.name != USE_CACHE_BRANCH);
+    make_node_names_unique(graph);
+    Ok(true)
+}
+
+/// Rewrites every `Gemm` as `MatMul` + `Add` (with transposes and scales where its attributes ask).
+///
+/// tract's Gemm multiplies the bias by an f32 `beta`, which fails on fp16 graphs; the plain ops
+/// keep the graph's own dtype.
+pub fn gemm_to_matmul(graph: &mut GraphProto) {
+    let mut out = Vec::with_capacity(graph.node.len());
+    for node in std::mem::take(&mut graph.node) {
+        if node.op_type != "Gemm" || !node.domain.is_empty() && node.domain != "ai.onnx" {
+            out.push(node);
+            continue;
+        }
+        let attr_i = |name: &str, default: i64| {
+            node.attribute
+                .iter()
+                .find(|a| a.name == name)
+                .map_or(default, |a| a.i)
+        };
+        let attr_f = |name: &str, default: f32| {
+            node.attribute
+                .iter()
+                .find(|a| a.name == name)
+                .map_or(default, |a| a.f)
+        };
+        let base = if node.name.is_empty() {
+            node.output[0].clone()
+        } else {
+            node.name.clone()
+        };
+        let tmp = |what: &str| format!("{base}/glance_{what}");
+        let mut a = node.input[0].clone();
+        let mut b = node.input[1].clone();
+        if attr_i("transA", 0) != 0 {
+            out.push(transpose(&a, &tmp("a_t"), &tmp("transpose_a")));
+            a = tmp("a_t");
+        }
+        if attr_i("transB", 0) != 0 {
+            out.push(transpose(&b, &tmp("b_t"), &tmp("transpose_b")));
+            b = tmp("b_t");
+        }
+        let alpha = attr_f("alpha", 1.0);
+        let beta = attr_f("beta", 1.0);
+        let bias = node.input.get(2).filter(|c| !c.is_empty()).cloned();
+        // Scales other than 1 would need typed constants; Optimum's exports never emit them.
+        if alpha != 1.0 || (beta != 1.0 && bias.is_some()) {
+            out.push(node);
+            continue;
+        }
+        let y = node.output[0].clone();
+        match bias {
+            Some(c) => {
+                out.push(simple("MatMul", &[&a, &b], &tmp("ab"), &tmp("matmul")));
+                out.push(simple("Add", &[&tmp("ab"), &c], &y, &tmp("add")));
+            }
+            None => out.push(simple("MatMul", &[&a, &b], &y, &tmp("matmul"))),
+        }
+    }
+    graph.node = out;
+}
+
+/// Removes graph inputs that no node reads, and those named in `drop`.
+///
+/// After splicing, the merged decoder still declares the inputs of both branches; an unused
+/// zero-length `past_key_values.*.encoder.*` input next to `encoder_hidden_states` makes tract
+/// resolve `encoder_sequence_length` to both 0 and its real value.
+pub fn prune_inputs(graph: &mut GraphProto) {
+    let used = names_read(graph);
+    let outputs: HashSet<String> = graph.output.iter().map(|o| o.name.clone()).collect();
+    graph
+        .input
+        .retain(|i| used.contains(&i.name) || outputs.contains(&i.name));
+}
+
+/// Removes graph outputs for which `drop` is true (nodes left dead are pruned by tract).
+pub fn drop_outputs(graph: &mut GraphProto, drop: impl Fn(&str) -> bool) {
+    graph.output.retain(|o| !drop(&o.name));
+}
+
+/// Every name a node of `graph` reads, including reads from inside subgraphs (which may refer
+/// to names of the enclosing graph).
+fn names_read(graph: &GraphProto) -> HashSet<String> {
+    let mut used = HashSet::new();
+    fn visit(g: &GraphProto, used: &mut HashSet<String>) {
+        for node in &g.node {
+            used.extend(node.input.iter().filter(|s| !s.is_empty()).cloned());
+            for attr in &node.attribute {
+                if let Some(sub) = &attr.g {
+                    visit(sub, used);
+                }
+                for sub in &attr.graphs {
+                    visit(sub, used);
+                }
+            }
+        }
+    }
+    visit(graph, &mut used);
+    used
+}
+
+/// tract refuses two nodes with one name; TrOCR's cache branch repeats names of the main graph's.
+fn make_node_names_unique(graph: &mut GraphProto) {
+    let mut seen = HashSet::new();
+    let mut counter = 0;
+    for node in graph.node.iter_mut() {
+        let base = if node.name.is_empty() {
+            node.op_type.clone()
+        } else {
+            node.name.clone()
+        };
+        while node.name.is_empty() || !seen.insert(node.name.clone()) {
+            counter += 1;
+            node.name = format!("{base}_glance{counter}");
+        }
+    }
+}
+
+fn simple(op: &str, inputs: &[&str], output: &str, name: &str) -> NodeProto {
+    NodeProto {
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.to_string()],
+        name: name.to_string(),
+        op_type: op.to_string(),
+        ..Default::default()
+    }
+}
+
+fn identity(input: &str, output: &str) -> NodeProto {
+    simple(
+        "Identity",
+        &[input],
+        output,
+        &format!("{output}/glance_identity"),
+    )
+}
+
+fn transpose(input: &str, output: &str, name: &str) -> NodeProto {
+    let mut node = simple("Transpose", &[input], output, name);
+    node.attribute.push(pb::AttributeProto {
+        name: "perm".into(),
+        r#type: AttributeType::Ints as i32,
+        ints: vec![1, 0],
+        ..Default::default()
+    });
+    node
+}
+
+/// The names of a graph's declared inputs that are not initializers.
+pub fn real_inputs(graph: &GraphProto) -> Vec<&ValueInfoProto> {
+    let inits: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    graph
+        .input
+        .iter()
+        .filter(|i| !inits.contains(i.name.as_str()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(name: &str) -> ValueInfoProto {
+        ValueInfoProto {
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn splicing_keeps_the_chosen_branch_and_drops_the_condition() {
+        let branch = |op: &str| GraphProto {
+            node: vec![simple(op, &["x"], "y", "same_name")],
+            output: vec![input("y")],
+            ..Default::default()
+        };
+        let mut if_node = simple("If", &[USE_CACHE_BRANCH], "y", "optimum::if");
+        for (name, op) in [("then_branch", "Relu"), ("else_branch", "Sigmoid")] {
+            if_node.attribute.push(pb::AttributeProto {
+                name: name.into(),
+                r#type: AttributeType::Graph as i32,
+                g: Some(branch(op)),
+                ..Default::default()
+            });
+        }
+        let main = GraphProto {
+            node: vec![simple("Neg", &["a"], "x", "same_name"), if_node],
+            input: vec![input("a"), input(USE_CACHE_BRANCH), input("unused")],
+            output: vec![input("y")],
+            ..Default::default()
+        };
+        let mut g = main.clone();
+        assert!(splice_if(&mut g, Branch::Cache).unwrap());
+        prune_inputs(&mut g);
+        let ops: Vec<_> = g.node.iter().map(|n| n.op_type.as_str()).collect();
+        assert_eq!(ops, ["Neg", "Relu"]);
+        let inputs: Vec<_> = g.input.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(inputs, ["a"]);
+        let names: HashSet<_> = g.node.iter().map(|n| n.name.clone()).collect();
+        assert_eq!(names.len(), 2, "node names must be unique after splicing");
+
+        let mut g = main;
+        assert!(splice_if(&mut g, Branch::NoCache).unwrap());
+        assert_eq!(g.node[1].op_type, "Sigmoid");
+    }
+
+    #[test]
+    fn gemm_becomes_matmul_and_add() {
+        let mut gemm = simple("Gemm", &["a", "w", "c"], "y", "g");
+        gemm.attribute.push(pb::AttributeProto {
+            name: "transB".into(),
+            i: 1,
+            ..Default::default()
+        });
+        let mut g = GraphProto {
+            node: vec![gemm],
+            ..Default::default()
+        };
+        gemm_to_matmul(&mut g);
+        let ops: Vec<_> = g.node.iter().map(|n| n.op_type.as_str()).collect();
+        assert_eq!(ops, ["Transpose", "MatMul", "Add"]);
+        assert_eq!(g.node[2].output, ["y"]);
+    }
+}
