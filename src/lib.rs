@@ -1,0 +1,384 @@
+//! glance: read an image, write text, on a CPU, offline.
+//!
+//! glance runs Hugging Face vision encoder-decoder models (TrOCR, ViT-GPT2, Donut) exported to
+//! ONNX by Optimum or for transformers.js, straight from their directory, with
+//! [tract](https://github.com/sonos/tract). Its decoding loop reproduces transformers'
+//! `generate()` token for token.
+//!
+//! ```no_run
+//! use glance::{GenerateOptions, Model, OpenOptions};
+//!
+//! let model = Model::open("models/my-trocr".as_ref(), &OpenOptions::default())?;
+//! let pixels = model.load_image("line.png".as_ref())?;
+//! let out = model.generate(&pixels, &GenerateOptions::default())?;
+//! println!("{}", out[0].text);
+//! # Ok::<(), glance::Error>(())
+//! ```
+//!
+//! Tokens can be streamed as they are chosen, through a callback ([`Model::generate_with`]) or
+//! an iterator ([`Model::stream`]).
+
+pub mod decode;
+pub mod error;
+pub mod model;
+pub mod text;
+pub mod vision;
+
+use std::path::Path;
+use std::time::Instant;
+
+use tract_onnx::prelude::Tensor;
+
+pub use decode::{EarlyStopping, GenerationConfig, GenerationOptions, Sequence};
+pub use error::{Error, Result};
+pub use model::layout::{DecoderForm, Dtype};
+pub use model::{ModelDir, OpenOptions};
+pub use vision::{PixelValues, Rgb8};
+
+use decode::beam::beam_search;
+use decode::greedy::Greedy;
+use model::Graphs;
+use text::Text;
+use vision::ImageProcessor;
+
+/// What to generate, beyond the model's own settings.
+#[derive(Debug, Clone, Default)]
+pub struct GenerateOptions {
+    /// Overrides of the model's generation settings (`None` fields keep the model's value).
+    pub generation: GenerationOptions,
+    /// Text the decoder starts from (a Donut task prompt such as `<s_cord-v2>`).
+    pub prompt: Option<String>,
+    /// Keep special tokens in the text.
+    pub keep_special_tokens: bool,
+    /// Take only the special token ids from the model's generation settings and Hugging Face's
+    /// library defaults for the rest, as transformers does when `generate()` is given a fresh
+    /// `GenerationConfig()`.
+    pub ignore_model_generation_config: bool,
+}
+
+/// One sequence with its text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SequenceText {
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub score: Option<f32>,
+}
+
+/// Time spent per stage, in milliseconds. Encoding and decoding are shared by the images of a
+/// batch; each image reports the batch's time.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timings {
+    pub preprocess_ms: f64,
+    pub encode_ms: f64,
+    pub decode_ms: f64,
+}
+
+/// The result for one image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    /// The best sequence's text.
+    pub text: String,
+    /// The best sequence, as Hugging Face returns it: decoder prompt first, EOS included when
+    /// generated, no padding.
+    pub tokens: Vec<u32>,
+    /// The best sequence's beam score; `None` for greedy search.
+    pub score: Option<f32>,
+    /// Every returned sequence, best first (`num_return_sequences` of them).
+    pub sequences: Vec<SequenceText>,
+    /// Generation was stopped before EOS or the length limit.
+    pub truncated: bool,
+    pub timings: Timings,
+}
+
+/// A streamed token: its id and the text it adds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Token {
+    pub id: u32,
+    pub text: String,
+}
+
+/// A loaded model: graphs optimized once, shared by every generation (and every thread).
+#[derive(Debug)]
+pub struct Model {
+    dir: ModelDir,
+    graphs: Graphs,
+    processor: ImageProcessor,
+    text: Text,
+}
+
+impl Model {
+    /// Opens a model directory (Optimum layout, or transformers.js with graphs under `onnx/`).
+    pub fn open(dir: &Path, options: &OpenOptions) -> Result<Model> {
+        let dir = ModelDir::open(dir, options)?;
+        let processor = vision::preprocess::load(&dir.root)?;
+        let text = Text::load(&dir.root)?;
+        let graphs = Graphs::load(&dir, processor.output_size(), options.threads)?;
+        Ok(Model {
+            dir,
+            graphs,
+            processor,
+            text,
+        })
+    }
+
+    pub fn dir(&self) -> &ModelDir {
+        &self.dir
+    }
+
+    pub fn processor(&self) -> &ImageProcessor {
+        &self.processor
+    }
+
+    pub fn text(&self) -> &Text {
+        &self.text
+    }
+
+    pub fn graphs(&self) -> &Graphs {
+        &self.graphs
+    }
+
+    /// Decodes an image file and preprocesses it for this model.
+    pub fn load_image(&self, path: &Path) -> Result<PixelValues> {
+        Ok(self.processor.preprocess(&Rgb8::open(path)?))
+    }
+
+    /// Generates text for each image of a batch of pixel values.
+    pub fn generate(&self, pixels: &PixelValues, options: &GenerateOptions) -> Result<Vec<Output>> {
+        self.generate_with(pixels, options, |_, _| true)
+    }
+
+    /// Like [`Model::generate`], calling `on_token(image, token)` as each token is chosen.
+    /// Returning `false` stops generation; the outputs are then marked truncated. With beam
+    /// search, tokens are only known when the search ends and are reported then.
+    pub fn generate_with(
+        &self,
+        pixels: &PixelValues,
+        options: &GenerateOptions,
+        mut on_token: impl FnMut(usize, &Token) -> bool,
+    ) -> Result<Vec<Output>> {
+        let (prompt, config) = self.prepare(options)?;
+        let start = Instant::now();
+        let states = self.encode(pixels)?;
+        let encode_ms = ms(start);
+        let start = Instant::now();
+        let session = self.graphs.decoder.session(states);
+        let results: Vec<Vec<Sequence>> = if config.num_beams == 1 {
+            let mut greedy = Greedy::new(session, config, &prompt);
+            let mut pieces = vec![Pieces::default(); pixels.batch()];
+            let mut stopped = false;
+            while let Some(chosen) = greedy.step()? {
+                for (row, token) in chosen.iter().enumerate() {
+                    if let Some(id) = token {
+                        let token =
+                            pieces[row].push(&self.text, *id, options.keep_special_tokens)?;
+                        stopped |= !on_token(row, &token);
+                    }
+                }
+                if stopped {
+                    break;
+                }
+            }
+            greedy.finish().into_iter().map(|s| vec![s]).collect()
+        } else {
+            let mut session = session;
+            let results = beam_search(&mut session, &config, &prompt)?;
+            for (row, seqs) in results.iter().enumerate() {
+                let mut pieces = Pieces::default();
+                for &id in &seqs[0].tokens[prompt.len()..] {
+                    let token = pieces.push(&self.text, id, options.keep_special_tokens)?;
+                    if !on_token(row, &token) {
+                        break;
+                    }
+                }
+            }
+            results
+        };
+        let timings = Timings {
+            preprocess_ms: 0.0,
+            encode_ms,
+            decode_ms: ms(start),
+        };
+        results
+            .into_iter()
+            .map(|seqs| self.output(seqs, options, timings))
+            .collect()
+    }
+
+    /// Streams the tokens of one image (a batch of one) with greedy search, as an iterator.
+    pub fn stream(
+        &self,
+        pixels: &PixelValues,
+        options: &GenerateOptions,
+    ) -> Result<TokenStream<'_>> {
+        if pixels.batch() != 1 {
+            return Err(Error::Option(format!(
+                "streaming takes one image, not {}",
+                pixels.batch()
+            )));
+        }
+        let (prompt, config) = self.prepare(options)?;
+        if config.num_beams != 1 {
+            return Err(Error::Option(
+                "streaming needs greedy search (num_beams 1)".into(),
+            ));
+        }
+        let session = self.graphs.decoder.session(self.encode(pixels)?);
+        Ok(TokenStream {
+            model: self,
+            greedy: Some(Greedy::new(session, config, &prompt)),
+            pieces: Pieces::default(),
+            keep_special_tokens: options.keep_special_tokens,
+        })
+    }
+
+    /// The decoder prompt and the resolved generation settings.
+    fn prepare(&self, options: &GenerateOptions) -> Result<(Vec<u32>, GenerationConfig)> {
+        let file = &self.dir.generation;
+        let model = if options.ignore_model_generation_config {
+            GenerationOptions {
+                decoder_start_token_id: file.decoder_start_token_id,
+                bos_token_id: file.bos_token_id,
+                eos_token_id: file.eos_token_id.clone(),
+                pad_token_id: file.pad_token_id,
+                ..Default::default()
+            }
+        } else {
+            file.clone()
+        };
+        let o = options.generation.clone().or(model.clone());
+        let start = o.decoder_start_token_id.or(o.bos_token_id).ok_or_else(|| {
+            Error::config(
+                &self.dir.config.path,
+                "names neither decoder_start_token_id nor bos_token_id: glance cannot start decoding",
+            )
+        })?;
+        let prompt = match &options.prompt {
+            None => vec![start],
+            Some(text) => {
+                let ids = self.text.encode_prompt(text)?;
+                if ids.is_empty() {
+                    return Err(Error::Option(format!(
+                        "the prompt {text:?} encodes to no tokens"
+                    )));
+                }
+                // transformers prepends the start token unless the prompt has it, except for
+                // Donut, whose task prompt is the whole prefix.
+                if self.dir.prompt_is_whole_prefix() || ids[0] == start {
+                    ids
+                } else {
+                    std::iter::once(start).chain(ids).collect()
+                }
+            }
+        };
+        let vocab = self.graphs.decoder.vocab_size;
+        if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::Option(format!(
+                "prompt token {bad} is outside the vocabulary of {vocab}"
+            )));
+        }
+        let config = GenerationConfig::resolve(&options.generation, &model, prompt.len(), vocab)?;
+        Ok((prompt, config))
+    }
+
+    fn encode(&self, pixels: &PixelValues) -> Result<Tensor> {
+        if pixels.shape[1] != 3
+            || pixels.batch() == 0
+            || pixels.data.len() != pixels.shape.iter().product::<usize>()
+        {
+            return Err(Error::Option(format!(
+                "pixel values of shape {:?} are not [batch, 3, height, width]",
+                pixels.shape
+            )));
+        }
+        self.graphs.encoder.run(pixels)
+    }
+
+    fn output(
+        &self,
+        seqs: Vec<Sequence>,
+        options: &GenerateOptions,
+        timings: Timings,
+    ) -> Result<Output> {
+        let sequences = seqs
+            .iter()
+            .map(|s| {
+                Ok(SequenceText {
+                    tokens: s.tokens.clone(),
+                    text: self.text.decode(&s.tokens, !options.keep_special_tokens)?,
+                    score: s.score,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let best = &sequences[0];
+        Ok(Output {
+            text: best.text.clone(),
+            tokens: best.tokens.clone(),
+            score: best.score,
+            truncated: seqs[0].truncated,
+            sequences,
+            timings,
+        })
+    }
+}
+
+/// Turns token ids into the pieces of text they add, as the whole sequence decodes (a token
+/// may only make sense together with the next, as with byte-level BPE).
+#[derive(Debug, Clone, Default)]
+struct Pieces {
+    ids: Vec<u32>,
+    text: String,
+}
+
+impl Pieces {
+    fn push(&mut self, text: &Text, id: u32, keep_special: bool) -> Result<Token> {
+        self.ids.push(id);
+        let now = text.decode(&self.ids, !keep_special)?;
+        let piece = match now.strip_prefix(self.text.as_str()) {
+            Some(rest) => rest.to_string(),
+            None => String::new(),
+        };
+        if now.len() >= self.text.len() {
+            self.text = now;
+        }
+        Ok(Token { id, text: piece })
+    }
+}
+
+/// Greedy tokens of one image, one at a time ([`Model::stream`]).
+pub struct TokenStream<'m> {
+    model: &'m Model,
+    greedy: Option<Greedy<'m>>,
+    pieces: Pieces,
+    keep_special_tokens: bool,
+}
+
+impl Iterator for TokenStream<'_> {
+    type Item = Result<Token>;
+    fn next(&mut self) -> Option<Result<Token>> {
+        let greedy = self.greedy.as_mut()?;
+        match greedy.step() {
+            Ok(Some(chosen)) => match chosen.first().copied().flatten() {
+                Some(id) => Some(
+                    self.pieces
+                        .push(&self.model.text, id, self.keep_special_tokens),
+                ),
+                None => {
+                    self.greedy = None;
+                    None
+                }
+            },
+            Ok(None) => {
+                self.greedy = None;
+                None
+            }
+            Err(e) => {
+                self.greedy = None;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+fn ms(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1000.0
+}

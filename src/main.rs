@@ -1,0 +1,321 @@
+//! The `glance` command line: a thin layer over the library.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use glance::vision::npy;
+use glance::{
+    DecoderForm, Dtype, EarlyStopping, Error, GenerateOptions, GenerationOptions, Model,
+    OpenOptions, PixelValues,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "glance",
+    version,
+    about = "Read an image, write text: Hugging Face vision encoder-decoder models on a CPU"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text for each image.
+    Run(Box<RunArgs>),
+    /// Show what glance finds in a model directory: layout, graphs, inputs and outputs.
+    Inspect {
+        /// The model directory.
+        dir: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// Graph files to use: fp32, fp16, q8, int8, uint8 or q4 (default: fp32 when present).
+    #[arg(long)]
+    dtype: Option<Dtype>,
+    /// Decoder export to use when several are present: split, merged or no-past.
+    #[arg(long)]
+    decoder: Option<DecoderForm>,
+    /// Threads for matrix products (default: the CPUs available).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+impl ModelArgs {
+    fn options(&self) -> OpenOptions {
+        let threads = self
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        OpenOptions {
+            dtype: self.dtype,
+            decoder: self.decoder,
+            threads,
+        }
+    }
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The model directory (Optimum layout, or transformers.js with graphs under onnx/).
+    #[arg(long)]
+    model: PathBuf,
+    #[command(flatten)]
+    model_args: ModelArgs,
+    /// Beams for beam search (1: greedy).
+    #[arg(long)]
+    num_beams: Option<usize>,
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
+    /// Total length limit, decoder prompt included.
+    #[arg(long)]
+    max_length: Option<usize>,
+    #[arg(long)]
+    min_new_tokens: Option<usize>,
+    #[arg(long)]
+    length_penalty: Option<f32>,
+    /// true, false or never.
+    #[arg(long)]
+    early_stopping: Option<EarlyStopping>,
+    #[arg(long)]
+    no_repeat_ngram_size: Option<usize>,
+    #[arg(long)]
+    repetition_penalty: Option<f32>,
+    #[arg(long)]
+    num_return_sequences: Option<usize>,
+    /// Token sequences never to generate, as JSON: [[12], [40, 41]].
+    #[arg(long, value_parser = parse_token_lists)]
+    bad_words_ids: Option<Vec<Vec<u32>>>,
+    /// Token forced as the last one when the length limit is reached.
+    #[arg(long)]
+    forced_eos_token_id: Option<u32>,
+    /// Keep special tokens in the text.
+    #[arg(long)]
+    keep_special_tokens: bool,
+    /// Use Hugging Face's library defaults instead of the model's generation_config.json
+    /// (special token ids still come from the model).
+    #[arg(long)]
+    ignore_generation_config: bool,
+    /// Text the decoder starts from (a Donut task prompt such as <s_cord-v2>).
+    #[arg(long)]
+    prompt: Option<String>,
+    /// One JSON object per line per image.
+    #[arg(long)]
+    json: bool,
+    /// Run from this float32 [batch, 3, H, W] tensor instead of images.
+    #[arg(long, conflicts_with = "images")]
+    pixel_values: Option<PathBuf>,
+    /// Write what preprocessing produced (one image only) to this .npy file.
+    #[arg(long)]
+    save_pixel_values: Option<PathBuf>,
+    /// Image files.
+    #[arg(required_unless_present = "pixel_values")]
+    images: Vec<PathBuf>,
+}
+
+fn parse_token_lists(s: &str) -> Result<Vec<Vec<u32>>, String> {
+    serde_json::from_str(s).map_err(|e| format!("expected JSON like [[12], [40, 41]]: {e}"))
+}
+
+impl RunArgs {
+    fn generate_options(&self) -> GenerateOptions {
+        GenerateOptions {
+            generation: GenerationOptions {
+                max_new_tokens: self.max_new_tokens,
+                max_length: self.max_length,
+                min_new_tokens: self.min_new_tokens,
+                num_beams: self.num_beams,
+                num_return_sequences: self.num_return_sequences,
+                length_penalty: self.length_penalty,
+                early_stopping: self.early_stopping,
+                no_repeat_ngram_size: self.no_repeat_ngram_size,
+                repetition_penalty: self.repetition_penalty,
+                bad_words_ids: self.bad_words_ids.clone(),
+                forced_eos_token_id: self.forced_eos_token_id.map(|t| vec![t]),
+                ..Default::default()
+            },
+            prompt: self.prompt.clone(),
+            keep_special_tokens: self.keep_special_tokens,
+            ignore_model_generation_config: self.ignore_generation_config,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(&args),
+        Command::Inspect { dir, model } => inspect(&dir, &model.options()),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("glance: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Returns Ok(false) when some image failed (each failure is reported as it happens).
+fn run(args: &RunArgs) -> Result<bool, Error> {
+    let model = Model::open(&args.model, &args.model_args.options())?;
+    let options = args.generate_options();
+    let mut stdout = std::io::stdout().lock();
+    if let Some(path) = &args.pixel_values {
+        let pixels = read_pixel_values(path)?;
+        let outputs = model.generate(&pixels, &options)?;
+        for out in &outputs {
+            print_output(&mut stdout, args, &path.display().to_string(), out, 0.0)?;
+        }
+        return Ok(true);
+    }
+    if args.save_pixel_values.is_some() && args.images.len() != 1 {
+        return Err(Error::Option(
+            "--save-pixel-values takes exactly one image".into(),
+        ));
+    }
+    let mut all_ok = true;
+    for image in &args.images {
+        let start = Instant::now();
+        let result = model.load_image(image).and_then(|pixels| {
+            if let Some(path) = &args.save_pixel_values {
+                npy::write(path, &pixels.shape, &pixels.data)?;
+            }
+            let preprocess_ms = start.elapsed().as_secs_f64() * 1000.0;
+            let out = model.generate(&pixels, &options)?.remove(0);
+            print_output(
+                &mut stdout,
+                args,
+                &image.display().to_string(),
+                &out,
+                preprocess_ms,
+            )
+        });
+        if let Err(e) = result {
+            eprintln!("glance: {e}");
+            all_ok = false;
+        }
+    }
+    Ok(all_ok)
+}
+
+fn read_pixel_values(path: &Path) -> Result<PixelValues, Error> {
+    let array = npy::read(path)?;
+    let shape: [usize; 4] = array
+        .shape
+        .as_slice()
+        .try_into()
+        .map_err(|_| Error::Config {
+            path: path.to_path_buf(),
+            msg: format!("shape {:?} is not [batch, 3, height, width]", array.shape),
+        })?;
+    Ok(PixelValues {
+        shape,
+        data: array.data,
+    })
+}
+
+fn print_output(
+    out: &mut impl Write,
+    args: &RunArgs,
+    image: &str,
+    result: &glance::Output,
+    preprocess_ms: f64,
+) -> Result<(), Error> {
+    let line = if args.json {
+        let mut obj = json!({
+            "image": image,
+            "text": result.text,
+            "tokens": result.tokens,
+            "score": result.score,
+            "timings_ms": {
+                "preprocess": preprocess_ms,
+                "encode": result.timings.encode_ms,
+                "decode": result.timings.decode_ms,
+            },
+        });
+        if result.sequences.len() > 1 {
+            obj["sequences"] = json!(result
+                .sequences
+                .iter()
+                .map(|s| json!({"tokens": s.tokens, "text": s.text, "score": s.score}))
+                .collect::<Vec<_>>());
+        }
+        if result.truncated {
+            obj["truncated"] = json!(true);
+        }
+        obj.to_string()
+    } else if result.sequences.len() > 1 {
+        result
+            .sequences
+            .iter()
+            .map(|s| s.text.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    } else {
+        result.text.clone()
+    };
+    writeln!(out, "{line}").map_err(|e| Error::Io {
+        path: "<stdout>".into(),
+        source: e,
+    })
+}
+
+fn inspect(dir: &Path, options: &OpenOptions) -> Result<bool, Error> {
+    let model = Model::open(dir, options)?;
+    let files = &model.dir().files;
+    println!("model:    {}", dir.display());
+    println!(
+        "layout:   {}",
+        if files.folder == model.dir().root {
+            "Optimum (graphs beside the configs)"
+        } else {
+            "transformers.js (graphs under onnx/)"
+        }
+    );
+    println!("dtype:    {}", files.dtype);
+    println!("decoder:  {}", files.decoder.form().name());
+    println!(
+        "encoder:  {}",
+        if model.dir().encoder_type.is_empty() {
+            "?"
+        } else {
+            &model.dir().encoder_type
+        }
+    );
+    println!(
+        "vocab:    {} (tokenizer: {})",
+        model.graphs().decoder.vocab_size,
+        model.text().vocab_size()
+    );
+    let graphs = model.graphs();
+    let decoder = &graphs.decoder;
+    let all = graphs
+        .encoder
+        .plans()
+        .into_iter()
+        .chain([decoder.first.clone()])
+        .chain(decoder.with_past.clone());
+    for g in all {
+        let size = std::fs::metadata(&g.path).map(|m| m.len()).unwrap_or(0);
+        println!("\n{} ({:.1} MB)", g.path.display(), size as f64 / 1e6);
+        for p in &g.inputs {
+            println!("  in   {}", p.describe());
+        }
+        for p in &g.outputs {
+            println!("  out  {}", p.describe());
+        }
+    }
+    Ok(true)
+}
