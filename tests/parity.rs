@@ -69,6 +69,21 @@ fn fp32_parity(arch: &str) {
                     failures.push(format!("{name}: got {got:?}, want {want:?}"));
                     continue;
                 }
+                let texts: Vec<&str> = case["text"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t.as_str().unwrap())
+                    .collect();
+                let got_texts: Vec<&str> = outputs[0]
+                    .sequences
+                    .iter()
+                    .map(|s| s.text.as_str())
+                    .collect();
+                if got_texts != texts {
+                    failures.push(format!("{name}: text {got_texts:?}, want {texts:?}"));
+                    continue;
+                }
                 if let Some(scores) = case["sequences_scores"].as_array() {
                     let bad = outputs[0].sequences.iter().zip(scores).any(|(s, w)| {
                         let (g, w) = (s.score.unwrap_or(f32::NAN) as f64, w.as_f64().unwrap());

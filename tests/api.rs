@@ -1,0 +1,161 @@
+//! The library API: streaming, stopping, batching, sharing a model between threads.
+
+mod common;
+
+use common::*;
+use glance::{GenerateOptions, GenerationOptions, Model, OpenOptions};
+
+fn model(arch: &str) -> Model {
+    Model::open(
+        &model_fixture(arch),
+        &OpenOptions {
+            threads: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+fn greedy(max_new_tokens: usize) -> GenerateOptions {
+    GenerateOptions {
+        generation: GenerationOptions {
+            max_new_tokens: Some(max_new_tokens),
+            num_beams: Some(1),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+#[test]
+fn model_is_shared_between_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Model>();
+    let m = model("trocr");
+    let pixels = m.load_image(&image("rgb.png")).unwrap();
+    let alone = m.generate(&pixels, &greedy(8)).unwrap().remove(0).tokens;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| m.generate(&pixels, &greedy(8)).unwrap().remove(0).tokens))
+            .collect();
+        for h in handles {
+            assert_eq!(h.join().unwrap(), alone);
+        }
+    });
+}
+
+#[test]
+fn streaming_gives_the_tokens_generate_gives() {
+    let m = model("vitgpt2");
+    let pixels = m.load_image(&image("wide.jpg")).unwrap();
+    let whole = m.generate(&pixels, &greedy(10)).unwrap().remove(0);
+    let streamed: Vec<u32> = m
+        .stream(&pixels, &greedy(10))
+        .unwrap()
+        .map(|t| t.unwrap().id)
+        .collect();
+    assert_eq!(streamed, whole.tokens[1..]);
+
+    let mut by_callback = Vec::new();
+    let out = m.generate_with(&pixels, &greedy(10), |_, t| {
+        by_callback.push(t.id);
+        true
+    });
+    assert_eq!(by_callback, whole.tokens[1..]);
+    assert_eq!(out.unwrap()[0].tokens, whole.tokens);
+}
+
+#[test]
+fn a_callback_can_stop_generation() {
+    let m = model("trocr");
+    let pixels = m.load_image(&image("gray.png")).unwrap();
+    let mut n = 0;
+    let out = m
+        .generate_with(&pixels, &greedy(10), |_, _| {
+            n += 1;
+            n < 3
+        })
+        .unwrap()
+        .remove(0);
+    assert_eq!(out.tokens.len(), 1 + 3);
+    assert!(out.truncated);
+}
+
+#[test]
+fn a_batch_gives_what_each_image_gives_alone() {
+    for arch in ARCHS {
+        let m = model(arch);
+        let a = m.load_image(&image("rgb.png")).unwrap();
+        let b = m.load_image(&image("palette.png")).unwrap();
+        let batch = glance::PixelValues::stack(&[&a, &b]).unwrap();
+        for beams in [1, 3] {
+            let options = GenerateOptions {
+                generation: GenerationOptions {
+                    max_new_tokens: Some(8),
+                    num_beams: Some(beams),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let together: Vec<Vec<u32>> = m
+                .generate(&batch, &options)
+                .unwrap()
+                .into_iter()
+                .map(|o| o.tokens)
+                .collect();
+            let alone: Vec<Vec<u32>> = [&a, &b]
+                .iter()
+                .map(|p| m.generate(p, &options).unwrap().remove(0).tokens)
+                .collect();
+            assert_eq!(together, alone, "{arch}, {beams} beams");
+        }
+    }
+}
+
+#[test]
+fn bad_options_are_errors() {
+    let m = model("trocr");
+    let pixels = m.load_image(&image("rgb.png")).unwrap();
+    let with = |g: GenerationOptions| {
+        m.generate(
+            &pixels,
+            &GenerateOptions {
+                generation: g,
+                ..Default::default()
+            },
+        )
+    };
+    let err = with(GenerationOptions {
+        num_beams: Some(0),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("num_beams"), "{err}");
+    let err = with(GenerationOptions {
+        num_beams: Some(2),
+        num_return_sequences: Some(3),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("num_return_sequences"), "{err}");
+    let err = with(GenerationOptions {
+        bad_words_ids: Some(vec![vec![100_000]]),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("outside the model's vocabulary"),
+        "{err}"
+    );
+    let err = with(GenerationOptions {
+        max_length: Some(1),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("max_length"), "{err}");
+    let wrong = glance::PixelValues {
+        shape: [1, 3, 10, 10],
+        data: vec![0.0; 5],
+    };
+    assert!(m.generate(&wrong, &GenerateOptions::default()).is_err());
+}
