@@ -40,3 +40,33 @@ fn pixel_values_match_hugging_face() {
         lines.join("\n")
     );
 }
+
+/// Broken JPEGs (every cut point, flipped bytes) give errors or pixels, never a panic or a hang.
+#[test]
+fn hostile_jpegs_never_panic() {
+    let name = std::path::Path::new("hostile.jpg");
+    for file in ["wide.jpg", "exif_rot.jpg"] {
+        let bytes = std::fs::read(common::image(file)).unwrap();
+        for cut in (0..bytes.len()).step_by(7) {
+            let _ = Rgb8::decode(&bytes[..cut], name, 1 << 20);
+        }
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..300 {
+            let mut b = bytes.clone();
+            for _ in 0..4 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let at = (state % b.len() as u64) as usize;
+                b[at] ^= (state >> 32) as u8 | 1;
+            }
+            let _ = Rgb8::decode(&b, name, 1 << 20);
+        }
+    }
+    // A header claiming a huge image is refused before anything is allocated.
+    let mut huge = std::fs::read(common::image("wide.jpg")).unwrap();
+    let sof = huge.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+    huge[sof + 5..sof + 9].copy_from_slice(&[0xFF, 0xFF, 0xFF, 0xFF]);
+    let err = Rgb8::decode(&huge, name, glance::vision::image::DEFAULT_MAX_PIXELS).unwrap_err();
+    assert!(err.to_string().contains("hostile.jpg"), "{err}");
+}

@@ -6,6 +6,8 @@ use std::path::Path;
 
 use image::{DynamicImage, ImageDecoder, ImageReader};
 
+use super::pil_jpeg;
+
 use crate::error::{Error, Result};
 
 /// An 8-bit RGB image, rows top to bottom, pixels interleaved.
@@ -38,9 +40,29 @@ impl Rgb8 {
     }
 
     /// Decodes an encoded image (PNG, JPEG, …) held in memory.
+    ///
+    /// JPEG goes through glance's own decoder, which gives libjpeg-turbo's pixels as Pillow
+    /// decodes them (the `image` crate's differs by up to 3 levels); the rare JPEG kinds it does
+    /// not handle (CMYK, arithmetic coding, 12-bit) fall back to the `image` crate.
     pub fn decode(bytes: &[u8], name: &Path, max_pixels: u64) -> Result<Rgb8> {
         if bytes.is_empty() {
             return Err(Error::image(name, "the file is empty"));
+        }
+        if bytes.starts_with(&[0xFF, 0xD8]) {
+            match pil_jpeg::decode(bytes, max_pixels) {
+                Ok(decoded) => {
+                    let decoded = decoded.into_rgb();
+                    let img = Rgb8::new(decoded.width, decoded.height, decoded.data);
+                    return Ok(match decoded.exif_orientation {
+                        Some(o) => img.oriented(o),
+                        None => img,
+                    });
+                }
+                Err(pil_jpeg::JpegError::Unsupported(what)) => {
+                    log::info!("{}: {what}; decoding with the image crate", name.display());
+                }
+                Err(e) => return Err(Error::image(name, format!("cannot decode: {e}"))),
+            }
         }
         let reader = ImageReader::new(Cursor::new(bytes))
             .with_guessed_format()
@@ -91,19 +113,42 @@ impl Rgb8 {
         Rgb8::new(w, h, data)
     }
 
+    /// The image with an EXIF orientation (1-8) applied, as Pillow's `exif_transpose` does.
+    pub fn oriented(&self, orientation: u8) -> Rgb8 {
+        let (w, h) = (self.width, self.height);
+        match orientation {
+            2 => self.remap(w, h, |x, y| (w - 1 - x, y)),
+            3 => self.remap(w, h, |x, y| (w - 1 - x, h - 1 - y)),
+            4 => self.remap(w, h, |x, y| (x, h - 1 - y)),
+            5 => self.remap(h, w, |x, y| (y, x)),
+            6 => self.remap(h, w, |x, y| (y, h - 1 - x)),
+            7 => self.remap(h, w, |x, y| (w - 1 - y, h - 1 - x)),
+            8 => self.remap(h, w, |x, y| (w - 1 - y, x)),
+            _ => self.clone(),
+        }
+    }
+
     /// The image turned 90° clockwise (numpy's `rot90(k=3)`), as Donut's `align_long_axis` does.
     pub fn rotate_clockwise(&self) -> Rgb8 {
-        let (w, h) = (self.width, self.height);
-        let mut data = vec![0u8; w * h * 3];
-        for y in 0..h {
-            for x in 0..w {
-                // Source (x, y) lands at column h-1-y of row x.
-                let dst = (x * h + (h - 1 - y)) * 3;
-                let src = (y * w + x) * 3;
-                data[dst..dst + 3].copy_from_slice(&self.data[src..src + 3]);
+        self.oriented(6)
+    }
+
+    /// A `out_w` x `out_h` image whose pixel (x, y) is this image's pixel `source(x, y)`.
+    fn remap(
+        &self,
+        out_w: usize,
+        out_h: usize,
+        source: impl Fn(usize, usize) -> (usize, usize),
+    ) -> Rgb8 {
+        let mut data = Vec::with_capacity(out_w * out_h * 3);
+        for y in 0..out_h {
+            for x in 0..out_w {
+                let (sx, sy) = source(x, y);
+                let at = (sy * self.width + sx) * 3;
+                data.extend_from_slice(&self.data[at..at + 3]);
             }
         }
-        Rgb8::new(h, w, data)
+        Rgb8::new(out_w, out_h, data)
     }
 
     /// A `width` x `height` canvas of zeros with this image at (`left`, `top`).
@@ -154,6 +199,21 @@ mod tests {
         // 1x2 (top red, bottom green) → 2x1 with green on the left.
         let img = Rgb8::new(1, 2, vec![255, 0, 0, 0, 255, 0]);
         assert_eq!(img.rotate_clockwise().data, vec![0, 255, 0, 255, 0, 0]);
+    }
+
+    #[test]
+    fn orientations_match_pillow_transposes() {
+        // 3x2, pixels numbered 0..6 in the red channel.
+        let img = Rgb8::new(3, 2, (0..6u8).flat_map(|v| [v, 0, 0]).collect());
+        let red = |o: u8| -> Vec<u8> { img.oriented(o).data.chunks(3).map(|p| p[0]).collect() };
+        assert_eq!(red(1), [0, 1, 2, 3, 4, 5]);
+        assert_eq!(red(2), [2, 1, 0, 5, 4, 3]); // FLIP_LEFT_RIGHT
+        assert_eq!(red(3), [5, 4, 3, 2, 1, 0]); // ROTATE_180
+        assert_eq!(red(4), [3, 4, 5, 0, 1, 2]); // FLIP_TOP_BOTTOM
+        assert_eq!(red(5), [0, 3, 1, 4, 2, 5]); // TRANSPOSE
+        assert_eq!(red(6), [3, 0, 4, 1, 5, 2]); // ROTATE_270 (90 clockwise)
+        assert_eq!(red(7), [5, 2, 4, 1, 3, 0]); // TRANSVERSE
+        assert_eq!(red(8), [2, 5, 1, 4, 0, 3]); // ROTATE_90 (90 counter-clockwise)
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod image;
 pub mod npy;
+pub mod pil_jpeg;
 pub mod pil_resize;
 pub mod preprocess;
 
