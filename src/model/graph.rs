@@ -190,6 +190,47 @@ impl Graph {
     }
 }
 
+/// Time spent in one node of a graph, from [`Graph::profile`].
+#[derive(Debug, Clone)]
+pub struct NodeTime {
+    pub node: String,
+    pub op: String,
+    pub seconds: f64,
+}
+
+impl Graph {
+    /// Runs the graph once like [`Graph::run`], timing every node (tract's plan, evaluated node
+    /// by node): where a graph spends its time, for benchmarks and profiling.
+    pub fn profile(&self, mut feed: impl FnMut(&Port) -> Result<Tensor>) -> Result<Vec<NodeTime>> {
+        let fail = |e: TractError| Error::graph(&self.path, e);
+        let mut values = TVec::new();
+        for port in &self.inputs {
+            let t = feed(port)?;
+            values.push(
+                t.cast_to_dt(port.dt)
+                    .map_err(fail)?
+                    .into_owned()
+                    .into_tvalue(),
+            );
+        }
+        let mut times = Vec::new();
+        let mut state = self.plan.spawn().map_err(fail)?;
+        state
+            .run_plan_with_eval(values, |ctx, op_state, node, inputs| {
+                let start = std::time::Instant::now();
+                let out = tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
+                times.push(NodeTime {
+                    node: format!("{} {:?}", node.name, node.op().info().unwrap_or_default()),
+                    op: node.op().name().to_string(),
+                    seconds: start.elapsed().as_secs_f64(),
+                });
+                out
+            })
+            .map_err(fail)?;
+        Ok(times)
+    }
+}
+
 /// tract parses unknown operators into placeholders and only fails when typing them, with a
 /// message that does not name the operator plainly. Say it first.
 fn unsupported_ops(path: &Path, model: &InferenceModel) -> Result<()> {
