@@ -20,7 +20,9 @@
 
 pub mod decode;
 pub mod error;
+pub mod inputs;
 pub mod model;
+pub mod ocr;
 pub mod text;
 pub mod vision;
 
@@ -85,10 +87,44 @@ pub struct Output {
     pub score: Option<f32>,
     /// Every returned sequence, best first (`num_return_sequences` of them).
     pub sequences: Vec<SequenceText>,
+    /// The best sequence's confidence: the geometric mean of its tokens' probabilities.
+    pub confidence: f32,
     /// Generation was stopped before EOS or the length limit.
     pub truncated: bool,
     pub timings: Timings,
 }
+
+/// How [`Model::read_page`] treats an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PageMode {
+    /// A document: find the text lines, read them all, in reading order.
+    #[default]
+    Page,
+    /// The whole image is one text line.
+    Line,
+}
+
+/// One recognised line of a page.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LineText {
+    pub text: String,
+    /// Where the line is, in the (deskewed) page.
+    pub bbox: ocr::Rect,
+    /// The model's confidence, between 0 and 1 (the mean over the line's chunks).
+    pub score: f32,
+}
+
+/// The text of a page, line by line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PageText {
+    /// The lines joined by newlines.
+    pub text: String,
+    pub lines: Vec<LineText>,
+    pub timings: Timings,
+}
+
+/// How many line chunks go through the model together.
+const PAGE_BATCH: usize = 8;
 
 /// A streamed token: its id and the text it adds.
 #[derive(Debug, Clone, PartialEq)]
@@ -231,6 +267,95 @@ impl Model {
         })
     }
 
+    /// Reads the text of a document image (OCR): in page mode the lines are found, cut into
+    /// chunks that fit the model's input, recognised in batches, and returned in reading order.
+    pub fn read_page(
+        &self,
+        image: &Rgb8,
+        options: &GenerateOptions,
+        mode: PageMode,
+    ) -> Result<PageText> {
+        let start = Instant::now();
+        let size = self.processor.output_size();
+        // A model made for text lines (much wider than high) takes each chunk on its line canvas;
+        // other models get the chunk as an image and resize it their own way.
+        let canvas = size.filter(|s| s.width >= 4 * s.height);
+        let page = ocr::Page::new(image);
+        let lines = match mode {
+            PageMode::Line => {
+                let all = ocr::Rect {
+                    x: 0,
+                    y: 0,
+                    width: page.gray.width,
+                    height: page.gray.height,
+                };
+                vec![ocr::Line {
+                    bbox: all,
+                    chunks: vec![all],
+                }]
+            }
+            PageMode::Page => {
+                let aspect = canvas.map_or(ocr::DEFAULT_MAX_ASPECT, |s| {
+                    s.width as f64 / s.height as f64
+                });
+                page.lines(aspect)
+            }
+        };
+        let mut pixels = Vec::new();
+        for chunk in lines.iter().flat_map(|l| &l.chunks) {
+            let crop = page.gray.crop(*chunk);
+            let img = match canvas {
+                Some(s) => ocr::line_canvas(&crop, s.height, s.width),
+                None => crop.to_rgb(),
+            };
+            pixels.push(self.processor.preprocess(&img));
+        }
+        let mut timings = Timings {
+            preprocess_ms: ms(start),
+            ..Timings::default()
+        };
+        let mut chunk_texts = Vec::with_capacity(pixels.len());
+        for group in pixels.chunks(PAGE_BATCH) {
+            let refs: Vec<&PixelValues> = group.iter().collect();
+            let batch = PixelValues::stack(&refs)
+                .ok_or_else(|| Error::Generation("line chunks of different sizes".into()))?;
+            for out in self.generate(&batch, options)? {
+                timings.encode_ms += out.timings.encode_ms / group.len() as f64;
+                timings.decode_ms += out.timings.decode_ms / group.len() as f64;
+                chunk_texts.push((out.text.trim().to_string(), out.confidence));
+            }
+        }
+        let mut next = chunk_texts.into_iter();
+        let lines: Vec<LineText> = lines
+            .iter()
+            .map(|line| {
+                let parts: Vec<(String, f32)> = next.by_ref().take(line.chunks.len()).collect();
+                let score = parts.iter().map(|p| p.1).sum::<f32>() / parts.len().max(1) as f32;
+                let words: Vec<&str> = parts
+                    .iter()
+                    .map(|p| p.0.as_str())
+                    .filter(|t| !t.is_empty())
+                    .collect();
+                LineText {
+                    text: words.join(" "),
+                    bbox: line.bbox,
+                    score,
+                }
+            })
+            .filter(|l| !l.text.is_empty())
+            .collect();
+        let text = lines
+            .iter()
+            .map(|l| l.text.as_str())
+            .collect::<Vec<_>>()
+            .join("\n");
+        Ok(PageText {
+            text,
+            lines,
+            timings,
+        })
+    }
+
     /// The decoder prompt and the resolved generation settings.
     fn prepare(&self, options: &GenerateOptions) -> Result<(Vec<u32>, GenerationConfig)> {
         let file = &self.dir.generation;
@@ -315,6 +440,7 @@ impl Model {
             tokens: best.tokens.clone(),
             score: best.score,
             truncated: seqs[0].truncated,
+            confidence: seqs[0].confidence,
             sequences,
             timings,
         })

@@ -1,6 +1,6 @@
 //! The `glance` command line: a thin layer over the library.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -10,8 +10,8 @@ use serde_json::json;
 
 use glance::vision::npy;
 use glance::{
-    DecoderForm, Dtype, EarlyStopping, Error, GenerateOptions, GenerationOptions, Model,
-    OpenOptions, PixelValues,
+    inputs, DecoderForm, Dtype, EarlyStopping, Error, GenerateOptions, GenerationOptions, Model,
+    OpenOptions, PageMode, PixelValues, Rgb8,
 };
 
 #[derive(Parser)]
@@ -29,6 +29,10 @@ struct Cli {
 enum Command {
     /// Generate text for each image.
     Run(Box<RunArgs>),
+    /// Read the text of document pages or text lines (OCR), with the model in models/ by default.
+    Ocr(Box<OcrArgs>),
+    /// Describe images (captioning models).
+    Caption(Box<CaptionArgs>),
     /// Show what glance finds in a model directory: layout, graphs, inputs and outputs.
     Inspect {
         /// The model directory.
@@ -122,6 +126,62 @@ struct RunArgs {
     images: Vec<PathBuf>,
 }
 
+/// Where images come from, for `ocr` and `caption`.
+#[derive(Args)]
+struct InputArgs {
+    /// Image files, directories (searched recursively, in sorted order), or - for a stream of
+    /// JPEG/PNG frames on stdin (as `rpicam-still -o -` or `ffmpeg -f image2pipe` write).
+    images: Vec<PathBuf>,
+    /// Process images as they appear in this directory, until interrupted.
+    #[arg(long)]
+    watch: Option<PathBuf>,
+    /// One JSON object per image per line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct OcrArgs {
+    /// The OCR model (default: the one shipped in models/).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[command(flatten)]
+    model_args: ModelArgs,
+    /// Each image is one text line (no page analysis).
+    #[arg(long)]
+    line: bool,
+    /// Beams for beam search (1: greedy).
+    #[arg(long)]
+    num_beams: Option<usize>,
+    #[command(flatten)]
+    inputs: InputArgs,
+}
+
+#[derive(Args)]
+struct CaptionArgs {
+    /// A captioning model directory (ViT-GPT2 style).
+    #[arg(long)]
+    model: PathBuf,
+    #[command(flatten)]
+    model_args: ModelArgs,
+    #[arg(long)]
+    num_beams: Option<usize>,
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
+    #[command(flatten)]
+    inputs: InputArgs,
+}
+
+/// The OCR model that ships with glance: next to the working directory when run from a checkout,
+/// else where this binary was built from.
+fn default_ocr_model() -> PathBuf {
+    let local = PathBuf::from("models/glance-ocr");
+    if local.is_dir() {
+        return local;
+    }
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/models/glance-ocr"))
+}
+
 fn parse_token_lists(s: &str) -> Result<Vec<Vec<u32>>, String> {
     serde_json::from_str(s).map_err(|e| format!("expected JSON like [[12], [40, 41]]: {e}"))
 }
@@ -155,6 +215,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(&args),
+        Command::Ocr(args) => ocr(&args),
+        Command::Caption(args) => caption(&args),
         Command::Inspect { dir, model } => inspect(&dir, &model.options()),
     };
     match result {
@@ -206,6 +268,140 @@ fn run(args: &RunArgs) -> Result<bool, Error> {
             eprintln!("glance: {e}");
             all_ok = false;
         }
+    }
+    Ok(all_ok)
+}
+
+fn ocr(args: &OcrArgs) -> Result<bool, Error> {
+    let dir = args.model.clone().unwrap_or_else(default_ocr_model);
+    let model = Model::open(&dir, &args.model_args.options())?;
+    let options = GenerateOptions {
+        generation: GenerationOptions {
+            num_beams: args.num_beams,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mode = if args.line {
+        PageMode::Line
+    } else {
+        PageMode::Page
+    };
+    for_each_input(&args.inputs, |name, image| {
+        let page = model.read_page(image, &options, mode)?;
+        Ok(if args.inputs.json {
+            let lines: Vec<serde_json::Value> = page
+                .lines
+                .iter()
+                .map(|l| json!({"text": l.text, "box": [l.bbox.x, l.bbox.y, l.bbox.width, l.bbox.height], "score": l.score}))
+                .collect();
+            json!({"image": name, "text": page.text, "lines": lines, "timings_ms": timings(&page.timings)}).to_string()
+        } else {
+            page.text
+        })
+    })
+}
+
+fn caption(args: &CaptionArgs) -> Result<bool, Error> {
+    let model = Model::open(&args.model, &args.model_args.options())?;
+    let options = GenerateOptions {
+        generation: GenerationOptions {
+            num_beams: args.num_beams,
+            max_new_tokens: args.max_new_tokens,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    for_each_input(&args.inputs, |name, image| {
+        let start = Instant::now();
+        let pixels = model.processor().preprocess(image);
+        let preprocess_ms = start.elapsed().as_secs_f64() * 1000.0;
+        let out = model.generate(&pixels, &options)?.remove(0);
+        let text = out.text.trim().to_string();
+        Ok(if args.inputs.json {
+            let t = glance::Timings {
+                preprocess_ms,
+                ..out.timings
+            };
+            json!({"image": name, "text": text, "tokens": out.tokens, "score": out.score, "timings_ms": timings(&t)}).to_string()
+        } else {
+            text
+        })
+    })
+}
+
+fn timings(t: &glance::Timings) -> serde_json::Value {
+    json!({"preprocess": t.preprocess_ms, "encode": t.encode_ms, "decode": t.decode_ms})
+}
+
+/// Runs `work` on every input image and prints its line; an image that fails is reported and
+/// the others still run. Returns whether all succeeded.
+fn for_each_input(
+    args: &InputArgs,
+    mut work: impl FnMut(&str, &Rgb8) -> Result<String, Error>,
+) -> Result<bool, Error> {
+    if args.images.is_empty() && args.watch.is_none() {
+        return Err(Error::Option(
+            "no images given (files, directories, - for stdin, or --watch DIR)".into(),
+        ));
+    }
+    let files: Vec<PathBuf> = inputs::expand(
+        &args
+            .images
+            .iter()
+            .filter(|p| p.as_os_str() != "-")
+            .cloned()
+            .collect::<Vec<_>>(),
+    )?;
+    let stdin = args.images.iter().any(|p| p.as_os_str() == "-");
+    let total = files.len();
+    let progress = std::io::stderr().is_terminal() && total > 1;
+    let mut sources: Box<dyn Iterator<Item = inputs::Input>> =
+        Box::new(files.into_iter().map(|p| inputs::read_file(&p)));
+    if stdin {
+        sources = Box::new(sources.chain(inputs::frames(std::io::stdin().lock())));
+    }
+    if let Some(dir) = &args.watch {
+        sources =
+            Box::new(sources.chain(inputs::watch(dir, std::time::Duration::from_millis(300))));
+    }
+    let mut all_ok = true;
+    let mut stdout = std::io::stdout();
+    for (i, input) in sources.enumerate() {
+        if progress && i < total {
+            eprint!("\r[{}/{total}] {}\x1b[K", i + 1, input.name);
+        }
+        let result = input
+            .bytes
+            .and_then(|bytes| {
+                Rgb8::decode(
+                    &bytes,
+                    Path::new(&input.name),
+                    glance::vision::image::DEFAULT_MAX_PIXELS,
+                )
+            })
+            .and_then(|image| work(&input.name, &image));
+        match result {
+            Ok(line) => {
+                // Flushed line by line: a camera pipeline reads results as they come.
+                writeln!(stdout, "{line}")
+                    .and_then(|_| stdout.flush())
+                    .map_err(|e| Error::Io {
+                        path: "<stdout>".into(),
+                        source: e,
+                    })?;
+            }
+            Err(e) => {
+                if progress {
+                    eprintln!();
+                }
+                eprintln!("glance: {e}");
+                all_ok = false;
+            }
+        }
+    }
+    if progress {
+        eprintln!();
     }
     Ok(all_ok)
 }

@@ -4,7 +4,7 @@
 use super::config::{EarlyStopping, GenerationConfig};
 use super::processors::Processors;
 use super::session::Session;
-use super::Sequence;
+use super::{log_softmax, Sequence};
 use crate::error::{Error, Result};
 
 /// transformers masks impossible entries by adding this rather than using -inf.
@@ -189,10 +189,18 @@ pub fn beam_search(
         .into_iter()
         .map(|beams| {
             (0..config.num_return_sequences)
-                .map(|s| Sequence {
-                    tokens: beams.done[s].clone(),
-                    score: Some(beams.done_scores[s]),
-                    truncated: !beams.finished[s],
+                .map(|s| {
+                    let tokens = beams.done[s].clone();
+                    let score = beams.done_scores[s];
+                    // The score is sum(log p) / len^length_penalty: undo the penalty for a mean.
+                    let len = tokens.len().saturating_sub(prompt.len()).max(1) as f64;
+                    let mean = score as f64 * len.powf(config.length_penalty as f64) / len;
+                    Sequence {
+                        tokens,
+                        score: Some(score),
+                        confidence: mean.exp() as f32,
+                        truncated: !beams.finished[s],
+                    }
                 })
                 .collect()
         })
@@ -222,16 +230,6 @@ fn may_improve(
         .finished
         .iter()
         .any(|&f| best_possible > if f { worst_done } else { MASKED })
-}
-
-/// `torch.log_softmax` over one row, into `out`.
-fn log_softmax(logits: &[f32], out: &mut [f32]) {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = logits.iter().map(|&x| ((x - max) as f64).exp()).sum();
-    let log_sum = sum.ln() as f32;
-    for (o, &x) in out.iter_mut().zip(logits) {
-        *o = x - max - log_sum;
-    }
 }
 
 /// Keeps `top` sorted best first with at most `n` entries; among equal scores the earlier
@@ -272,13 +270,5 @@ mod tests {
         }
         let tokens: Vec<u32> = top.iter().map(|c| c.token).collect();
         assert_eq!(tokens, [4, 1, 3]);
-    }
-
-    #[test]
-    fn log_softmax_normalises() {
-        let mut out = [0.0; 3];
-        log_softmax(&[1.0, 2.0, 3.0], &mut out);
-        let total: f32 = out.iter().map(|x| x.exp()).sum();
-        assert!((total - 1.0).abs() < 1e-6);
     }
 }

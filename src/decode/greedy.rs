@@ -4,7 +4,7 @@
 use super::config::GenerationConfig;
 use super::processors::Processors;
 use super::session::Session;
-use super::Sequence;
+use super::{log_softmax, Sequence};
 use crate::error::Result;
 
 /// Greedy decoding of every row of a session, all rows starting from one prompt.
@@ -15,6 +15,8 @@ pub struct Greedy<'s> {
     prompt_len: usize,
     seqs: Vec<Vec<u32>>,
     done: Vec<bool>,
+    /// Per row: the sum of the chosen tokens' log-probabilities, for the confidence.
+    logprobs: Vec<f64>,
 }
 
 impl<'s> Greedy<'s> {
@@ -27,6 +29,7 @@ impl<'s> Greedy<'s> {
             prompt_len: prompt.len(),
             seqs: vec![prompt.to_vec(); rows],
             done: vec![false; rows],
+            logprobs: vec![0.0; rows],
         }
     }
 
@@ -43,6 +46,7 @@ impl<'s> Greedy<'s> {
         let views: Vec<&[u32]> = self.seqs.iter().map(Vec::as_slice).collect();
         let logits = self.session.step(&views)?;
         let mut scores = Vec::with_capacity(logits.vocab);
+        let mut probs = vec![0f32; logits.vocab];
         let mut chosen = Vec::with_capacity(self.seqs.len());
         for r in 0..self.seqs.len() {
             if self.done[r] {
@@ -55,6 +59,8 @@ impl<'s> Greedy<'s> {
             scores.extend_from_slice(logits.row(r));
             self.processors.apply(&self.seqs[r], &mut scores);
             let next = argmax(&scores);
+            log_softmax(logits.row(r), &mut probs);
+            self.logprobs[r] += probs[next as usize] as f64;
             self.seqs[r].push(next);
             self.done[r] = self.config.eos_token_id.contains(&next);
             chosen.push(Some(next));
@@ -68,7 +74,8 @@ impl<'s> Greedy<'s> {
         let (prompt_len, config) = (self.prompt_len, &self.config);
         self.seqs
             .into_iter()
-            .map(|mut tokens| {
+            .zip(self.logprobs)
+            .map(|(mut tokens, logprob)| {
                 if let Some(end) = tokens[prompt_len..]
                     .iter()
                     .position(|t| config.eos_token_id.contains(t))
@@ -79,9 +86,11 @@ impl<'s> Greedy<'s> {
                     .last()
                     .is_some_and(|t| config.eos_token_id.contains(t))
                     || tokens.len() >= config.max_length;
+                let generated = tokens.len().saturating_sub(prompt_len).max(1) as f64;
                 Sequence {
                     tokens,
                     score: None,
+                    confidence: (logprob / generated).exp() as f32,
                     truncated: !finished,
                 }
             })

@@ -20,6 +20,30 @@ pub struct Sequence {
     pub tokens: Vec<u32>,
     /// Beam search's score (sum of log-probabilities over length^length_penalty); `None` for greedy.
     pub score: Option<f32>,
+    /// The geometric mean of the probabilities the model gave the generated tokens (before
+    /// logits processors for greedy search): a confidence between 0 and 1.
+    pub confidence: f32,
     /// Generation stopped before EOS or the length limit (a caller's stop, a time budget).
     pub truncated: bool,
+}
+
+/// `torch.log_softmax` over one row, into `out`.
+pub fn log_softmax(logits: &[f32], out: &mut [f32]) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&x| ((x - max) as f64).exp()).sum();
+    let log_sum = sum.ln() as f32;
+    for (o, &x) in out.iter_mut().zip(logits) {
+        *o = x - max - log_sum;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn log_softmax_normalises() {
+        let mut out = [0.0; 3];
+        super::log_softmax(&[1.0, 2.0, 3.0], &mut out);
+        let total: f32 = out.iter().map(|x| x.exp()).sum();
+        assert!((total - 1.0).abs() < 1e-6);
+    }
 }

@@ -6,6 +6,7 @@ pub mod npy;
 pub mod pil_jpeg;
 pub mod pil_resize;
 pub mod preprocess;
+pub mod stream;
 
 pub use self::image::Rgb8;
 pub use self::preprocess::{ImageProcessor, Size};

@@ -1,0 +1,498 @@
+//! Page mode for OCR: a document image becomes text lines in reading order, each cut into chunks
+//! that fit the line model's input, each chunk drawn on the model's "line canvas".
+//!
+//! The steps are classical and cheap (a Raspberry Pi spends its time in the model, not here):
+//! grayscale, Otsu threshold, small-skew correction by the sharpest row profile, lines from the
+//! row profile, chunks at word gaps.
+
+use crate::vision::Rgb8;
+
+/// An 8-bit grayscale image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gray8 {
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<u8>,
+}
+
+/// A rectangle in page pixels: `x`, `y` of the top-left corner, width and height.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rect {
+    pub x: usize,
+    pub y: usize,
+    pub width: usize,
+    pub height: usize,
+}
+
+/// One text line of a page: where it is, and the chunks the model reads one by one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Line {
+    pub bbox: Rect,
+    pub chunks: Vec<Rect>,
+}
+
+/// The widest chunk, as width over height, for models without a line canvas (12 is glance's OCR
+/// model canvas, 384 x 32).
+pub const DEFAULT_MAX_ASPECT: f64 = 12.0;
+
+impl Gray8 {
+    /// PIL's `convert("L")`: ITU-R 601-2 luma in 16-bit fixed point, rounded.
+    pub fn from_rgb(img: &Rgb8) -> Gray8 {
+        let data = img
+            .data
+            .chunks_exact(3)
+            .map(|p| {
+                ((p[0] as u32 * 19595 + p[1] as u32 * 38470 + p[2] as u32 * 7471 + 0x8000) >> 16)
+                    as u8
+            })
+            .collect();
+        Gray8 {
+            width: img.width,
+            height: img.height,
+            data,
+        }
+    }
+
+    pub fn to_rgb(&self) -> Rgb8 {
+        Rgb8::new(
+            self.width,
+            self.height,
+            self.data.iter().flat_map(|&v| [v, v, v]).collect(),
+        )
+    }
+
+    fn at(&self, x: usize, y: usize) -> u8 {
+        self.data[y * self.width + x]
+    }
+
+    pub fn crop(&self, r: Rect) -> Gray8 {
+        let mut data = Vec::with_capacity(r.width * r.height);
+        for y in r.y..r.y + r.height {
+            data.extend_from_slice(
+                &self.data[y * self.width + r.x..y * self.width + r.x + r.width],
+            );
+        }
+        Gray8 {
+            width: r.width,
+            height: r.height,
+            data,
+        }
+    }
+
+    /// Rotated by `degrees` counter-clockwise about the centre, bilinear, white outside.
+    pub fn rotate(&self, degrees: f64) -> Gray8 {
+        let (s, c) = degrees.to_radians().sin_cos();
+        let (cx, cy) = (self.width as f64 / 2.0, self.height as f64 / 2.0);
+        let mut data = vec![255u8; self.data.len()];
+        for y in 0..self.height {
+            for x in 0..self.width {
+                let (dx, dy) = (x as f64 + 0.5 - cx, y as f64 + 0.5 - cy);
+                // Inverse rotation: where this output pixel comes from.
+                let sx = c * dx - s * dy + cx - 0.5;
+                let sy = s * dx + c * dy + cy - 0.5;
+                data[y * self.width + x] = self.bilinear(sx, sy);
+            }
+        }
+        Gray8 {
+            width: self.width,
+            height: self.height,
+            data,
+        }
+    }
+
+    fn bilinear(&self, x: f64, y: f64) -> u8 {
+        if x < -0.5 || y < -0.5 || x > self.width as f64 - 0.5 || y > self.height as f64 - 0.5 {
+            return 255;
+        }
+        let (x0, y0) = (x.floor(), y.floor());
+        let (fx, fy) = (x - x0, y - y0);
+        let px = |xi: f64, yi: f64| -> f64 {
+            let xi = xi.clamp(0.0, self.width as f64 - 1.0) as usize;
+            let yi = yi.clamp(0.0, self.height as f64 - 1.0) as usize;
+            self.at(xi, yi) as f64
+        };
+        let top = px(x0, y0) * (1.0 - fx) + px(x0 + 1.0, y0) * fx;
+        let bottom = px(x0, y0 + 1.0) * (1.0 - fx) + px(x0 + 1.0, y0 + 1.0) * fx;
+        (top * (1.0 - fy) + bottom * fy).round().clamp(0.0, 255.0) as u8
+    }
+
+    /// Half the size, by averaging 2x2 blocks (for the skew search).
+    fn half(&self) -> Gray8 {
+        let (w, h) = ((self.width / 2).max(1), (self.height / 2).max(1));
+        let mut data = Vec::with_capacity(w * h);
+        for y in 0..h {
+            for x in 0..w {
+                let mut sum = 0u32;
+                for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
+                    sum += self.at(
+                        (2 * x + dx).min(self.width - 1),
+                        (2 * y + dy).min(self.height - 1),
+                    ) as u32;
+                }
+                data.push(((sum + 2) / 4) as u8);
+            }
+        }
+        Gray8 {
+            width: w,
+            height: h,
+            data,
+        }
+    }
+}
+
+/// Otsu's threshold: the gray level that best separates ink from paper.
+pub fn otsu(img: &Gray8) -> u8 {
+    let mut hist = [0u64; 256];
+    for &v in &img.data {
+        hist[v as usize] += 1;
+    }
+    let total = img.data.len() as f64;
+    let sum_all: f64 = hist
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| i as f64 * n as f64)
+        .sum();
+    let (mut w0, mut sum0, mut best, mut best_t) = (0f64, 0f64, -1f64, 128u8);
+    for (t, &n) in hist.iter().enumerate() {
+        w0 += n as f64;
+        sum0 += t as f64 * n as f64;
+        let w1 = total - w0;
+        if w0 == 0.0 || w1 == 0.0 {
+            continue;
+        }
+        let (m0, m1) = (sum0 / w0, (sum_all - sum0) / w1);
+        let between = w0 * w1 * (m0 - m1) * (m0 - m1);
+        if between > best {
+            best = between;
+            best_t = t as u8;
+        }
+    }
+    best_t
+}
+
+/// The page, prepared: light background, deskewed, with its ink mask.
+pub struct Page {
+    pub gray: Gray8,
+    ink: Vec<bool>,
+    /// The rotation applied to straighten the page, in degrees.
+    pub skew: f64,
+}
+
+impl Page {
+    pub fn new(img: &Rgb8) -> Page {
+        let mut gray = Gray8::from_rgb(img);
+        let mut threshold = otsu(&gray);
+        // Light text on a dark background: invert, so that ink is always dark.
+        let dark = gray.data.iter().filter(|&&v| v <= threshold).count();
+        if dark * 2 > gray.data.len() {
+            gray.data.iter_mut().for_each(|v| *v = 255 - *v);
+            // Old paper was v <= t, so the old ink v > t is now 255 - v < 255 - t.
+            threshold = 254 - threshold;
+        }
+        let skew = estimate_skew(&gray, threshold);
+        if skew != 0.0 {
+            gray = gray.rotate(skew);
+        }
+        let ink = gray.data.iter().map(|&v| v <= threshold).collect();
+        Page { gray, ink, skew }
+    }
+
+    fn ink(&self, x: usize, y: usize) -> bool {
+        self.ink[y * self.gray.width + x]
+    }
+
+    /// Text lines, top to bottom, each cut into chunks at word gaps so that no chunk is wider
+    /// than `max_aspect` times its height (and so is not squashed on the canvas).
+    pub fn lines(&self, max_aspect: f64) -> Vec<Line> {
+        let (w, h) = (self.gray.width, self.gray.height);
+        let counts: Vec<usize> = (0..h)
+            .map(|y| (0..w).filter(|&x| self.ink(x, y)).count())
+            .collect();
+        let max = counts.iter().copied().max().unwrap_or(0);
+        if max == 0 {
+            return Vec::new();
+        }
+        // Rows with a little ink are not text rows (thin strokes touching between lines).
+        let min_ink = ((0.03 * max as f64) as usize).max(1);
+        let mut bands: Vec<(usize, usize)> = Vec::new();
+        let mut y = 0;
+        while y < h {
+            if counts[y] > min_ink {
+                let top = y;
+                while y < h && counts[y] > min_ink {
+                    y += 1;
+                }
+                bands.push((top, y));
+            }
+            y += 1;
+        }
+        let bands = merge_accents(bands);
+        let mut lines = Vec::new();
+        for (top, bottom) in bands {
+            let height = bottom - top;
+            if height < 6 {
+                continue;
+            }
+            // Take in the faint rows next to the band: thin parts of ascenders and descenders.
+            let (mut t, mut b) = (top, bottom);
+            while t > 0 && counts[t - 1] > 0 && top - t < 3 * height / 10 {
+                t -= 1;
+            }
+            while b < h && counts[b] > 0 && b - bottom < 3 * height / 10 {
+                b += 1;
+            }
+            let height = b - t;
+            let cols: Vec<bool> = (0..w).map(|x| (t..b).any(|y| self.ink(x, y))).collect();
+            let Some(first) = cols.iter().position(|&c| c) else {
+                continue;
+            };
+            let last = cols.iter().rposition(|&c| c).unwrap_or(first);
+            let pad = (height * 15 / 100).max(2);
+            let (left, right) = (first.saturating_sub(pad), (last + 1 + pad).min(w));
+            let (top, bottom) = (t.saturating_sub(pad), (b + pad).min(h));
+            let bbox = Rect {
+                x: left,
+                y: top,
+                width: right - left,
+                height: bottom - top,
+            };
+            let chunks = chunk_at_gaps(
+                &cols,
+                (first, last),
+                (left, right),
+                height,
+                bbox,
+                max_aspect,
+            );
+            lines.push(Line { bbox, chunks });
+        }
+        lines
+    }
+}
+
+/// Dots and accents form short bands right above or below a line: join them to it.
+fn merge_accents(bands: Vec<(usize, usize)>) -> Vec<(usize, usize)> {
+    let mut merged: Vec<(usize, usize)> = Vec::new();
+    for (top, bottom) in bands {
+        if let Some(prev) = merged.last_mut() {
+            let (ph, h) = ((prev.1 - prev.0) as f64, (bottom - top) as f64);
+            let close = top - prev.1 <= 6;
+            if close && (h < 0.35 * ph || ph < 0.35 * h) {
+                prev.1 = bottom;
+                continue;
+            }
+        }
+        merged.push((top, bottom));
+    }
+    merged
+}
+
+/// Cuts a line at word gaps (empty column runs wider than a quarter of its height) into chunks
+/// that fit the canvas without squashing; a single word too long for it stays whole (squashed).
+fn chunk_at_gaps(
+    cols: &[bool],
+    (first, last): (usize, usize),
+    (left, right): (usize, usize),
+    height: usize,
+    bbox: Rect,
+    max_aspect: f64,
+) -> Vec<Rect> {
+    let min_gap = (height / 4).max(3);
+    let mut gaps = Vec::new();
+    let mut x = first;
+    while x <= last {
+        if !cols[x] {
+            let start = x;
+            while x <= last && !cols[x] {
+                x += 1;
+            }
+            if x - start >= min_gap {
+                gaps.push((start + x) / 2);
+            }
+        }
+        x += 1;
+    }
+    let fits = |a: usize, b: usize| (b - a) as f64 <= max_aspect * bbox.height as f64;
+    let mut chunks = Vec::new();
+    let mut start = left;
+    let mut best: Option<usize> = None;
+    for cut in gaps.into_iter().chain([right]) {
+        if fits(start, cut) {
+            best = Some(cut);
+            continue;
+        }
+        let end = best.filter(|&b| b > start).unwrap_or(cut);
+        chunks.push((start, end));
+        start = end;
+        best = if fits(start, cut) && cut > start {
+            Some(cut)
+        } else {
+            None
+        };
+        if best.is_none() && cut > start {
+            chunks.push((start, cut));
+            start = cut;
+        }
+    }
+    if start < right {
+        chunks.push((start, right));
+    }
+    chunks
+        .into_iter()
+        .filter(|(a, b)| b - a > 2)
+        .map(|(a, b)| Rect {
+            x: a,
+            y: bbox.y,
+            width: b - a,
+            height: bbox.height,
+        })
+        .collect()
+}
+
+/// The skew (degrees, within ±3) whose row profile is most peaked: straight lines give rows that
+/// are all ink or all paper.
+fn estimate_skew(gray: &Gray8, threshold: u8) -> f64 {
+    let small = gray.half();
+    let score = |angle: f64| -> f64 {
+        let img = if angle == 0.0 {
+            small.clone()
+        } else {
+            small.rotate(angle)
+        };
+        img.data
+            .chunks(img.width)
+            .map(|row| {
+                let n = row.iter().filter(|&&v| v <= threshold).count() as f64;
+                n * n
+            })
+            .sum()
+    };
+    let mut best = (score(0.0), 0.0);
+    for step in -12..=12 {
+        let angle = step as f64 * 0.25;
+        if angle == 0.0 {
+            continue;
+        }
+        let s = score(angle);
+        // Prefer no rotation unless another angle is clearly sharper.
+        if s > best.0 * 1.02 {
+            best = (s, angle);
+        }
+    }
+    best.1
+}
+
+/// scripts/train_ocr.py `line_canvas`: gray, scaled to the canvas height keeping the aspect
+/// ratio (squashed only if wider than the canvas), pasted at the left of a white canvas.
+pub fn line_canvas(line: &Gray8, height: usize, width: usize) -> Rgb8 {
+    use crate::vision::pil_resize::{resize, Filter};
+    let new_w =
+        ((line.width as f64 * height as f64 / line.height as f64 + 0.5) as usize).clamp(1, width);
+    let scaled = if (new_w, height) == (line.width, line.height) {
+        line.data.clone()
+    } else {
+        resize(
+            &line.data,
+            line.width,
+            line.height,
+            1,
+            new_w,
+            height,
+            Filter::Bilinear,
+        )
+    };
+    let mut canvas = vec![255u8; width * height];
+    for y in 0..height {
+        canvas[y * width..y * width + new_w].copy_from_slice(&scaled[y * new_w..(y + 1) * new_w]);
+    }
+    Gray8 {
+        width,
+        height,
+        data: canvas,
+    }
+    .to_rgb()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CANVAS_HEIGHT: usize = 32;
+    const CANVAS_WIDTH: usize = 384;
+
+    /// A white page with dark bars standing for words: `lines` rows of `words` words.
+    fn page(lines: usize, words: usize) -> Rgb8 {
+        let (w, h) = (400, 40 + lines * 30);
+        let mut g = Gray8 {
+            width: w,
+            height: h,
+            data: vec![250; w * h],
+        };
+        for l in 0..lines {
+            for word in 0..words {
+                for y in 20 + l * 30..32 + l * 30 {
+                    for x in 20 + word * 60..60 + word * 60 {
+                        g.data[y * w + x] = 20;
+                    }
+                }
+            }
+        }
+        g.to_rgb()
+    }
+
+    #[test]
+    fn finds_lines_in_reading_order() {
+        let p = Page::new(&page(3, 3));
+        assert_eq!(p.skew, 0.0);
+        let lines = p.lines(DEFAULT_MAX_ASPECT);
+        assert_eq!(lines.len(), 3);
+        assert!(lines.windows(2).all(|l| l[0].bbox.y < l[1].bbox.y));
+        // 16 px high boxes, 168 px wide: each line fits the canvas in one chunk.
+        assert!(lines.iter().all(|l| l.chunks.len() == 1));
+    }
+
+    #[test]
+    fn long_lines_are_cut_at_word_gaps() {
+        let lines = Page::new(&page(1, 6)).lines(DEFAULT_MAX_ASPECT);
+        let l = &lines[0];
+        let scale = CANVAS_HEIGHT as f64 / l.bbox.height as f64;
+        assert!(l.chunks.len() > 1, "{l:?}");
+        assert!(l
+            .chunks
+            .iter()
+            .all(|c| c.width as f64 * scale <= CANVAS_WIDTH as f64 + 0.5));
+        assert_eq!(l.chunks.first().unwrap().x, l.bbox.x);
+        let end = l.chunks.last().unwrap();
+        assert_eq!(end.x + end.width, l.bbox.x + l.bbox.width);
+    }
+
+    #[test]
+    fn dark_pages_are_inverted_and_blank_pages_have_no_lines() {
+        let mut img = page(2, 3);
+        img.data.iter_mut().for_each(|v| *v = 255 - *v);
+        assert_eq!(Page::new(&img).lines(DEFAULT_MAX_ASPECT).len(), 2);
+        let blank = Rgb8::new(50, 50, vec![255; 50 * 50 * 3]);
+        assert!(Page::new(&blank).lines(DEFAULT_MAX_ASPECT).is_empty());
+    }
+
+    #[test]
+    fn skew_is_corrected() {
+        let g = Gray8::from_rgb(&page(4, 5)).rotate(-2.0);
+        let p = Page::new(&g.to_rgb());
+        assert!((p.skew - 2.0).abs() <= 0.5, "skew {}", p.skew);
+        assert_eq!(p.lines(DEFAULT_MAX_ASPECT).len(), 4);
+    }
+
+    #[test]
+    fn canvas_keeps_aspect_and_pads_white() {
+        let line = Gray8 {
+            width: 64,
+            height: 16,
+            data: vec![0; 64 * 16],
+        };
+        let c = line_canvas(&line, CANVAS_HEIGHT, CANVAS_WIDTH);
+        assert_eq!((c.width, c.height), (CANVAS_WIDTH, CANVAS_HEIGHT));
+        assert_eq!(c.data[(5 * CANVAS_WIDTH + 127) * 3], 0);
+        assert_eq!(c.data[(5 * CANVAS_WIDTH + 128) * 3], 255);
+    }
+}
