@@ -267,6 +267,37 @@ impl Model {
         })
     }
 
+    /// The lines of a document image and, for each chunk of each line, the image the model
+    /// reads (page mode's analysis, without recognition: what `read_page` recognises).
+    pub fn page_layout(&self, image: &Rgb8, mode: PageMode) -> (Vec<ocr::Line>, Vec<Rgb8>) {
+        // A model made for text lines (much wider than high) takes each chunk on its line canvas;
+        // other models get the chunk as an image and resize it their own way.
+        let canvas = self
+            .processor
+            .output_size()
+            .filter(|s| s.width >= 4 * s.height);
+        let page = ocr::Page::new(image);
+        let aspect = canvas.map_or(ocr::DEFAULT_MAX_ASPECT, |s| {
+            s.width as f64 / s.height as f64
+        });
+        let lines = match mode {
+            PageMode::Line => page.single_line(aspect).into_iter().collect(),
+            PageMode::Page => page.lines(aspect),
+        };
+        let chunks = lines
+            .iter()
+            .flat_map(|l| &l.chunks)
+            .map(|chunk| {
+                let crop = page.gray.crop(*chunk);
+                match canvas {
+                    Some(s) => ocr::line_canvas(&crop, s.height, s.width),
+                    None => crop.to_rgb(),
+                }
+            })
+            .collect();
+        (lines, chunks)
+    }
+
     /// Reads the text of a document image (OCR): in page mode the lines are found, cut into
     /// chunks that fit the model's input, recognised in batches, and returned in reading order.
     pub fn read_page(
@@ -276,40 +307,11 @@ impl Model {
         mode: PageMode,
     ) -> Result<PageText> {
         let start = Instant::now();
-        let size = self.processor.output_size();
-        // A model made for text lines (much wider than high) takes each chunk on its line canvas;
-        // other models get the chunk as an image and resize it their own way.
-        let canvas = size.filter(|s| s.width >= 4 * s.height);
-        let page = ocr::Page::new(image);
-        let lines = match mode {
-            PageMode::Line => {
-                let all = ocr::Rect {
-                    x: 0,
-                    y: 0,
-                    width: page.gray.width,
-                    height: page.gray.height,
-                };
-                vec![ocr::Line {
-                    bbox: all,
-                    chunks: vec![all],
-                }]
-            }
-            PageMode::Page => {
-                let aspect = canvas.map_or(ocr::DEFAULT_MAX_ASPECT, |s| {
-                    s.width as f64 / s.height as f64
-                });
-                page.lines(aspect)
-            }
-        };
-        let mut pixels = Vec::new();
-        for chunk in lines.iter().flat_map(|l| &l.chunks) {
-            let crop = page.gray.crop(*chunk);
-            let img = match canvas {
-                Some(s) => ocr::line_canvas(&crop, s.height, s.width),
-                None => crop.to_rgb(),
-            };
-            pixels.push(self.processor.preprocess(&img));
-        }
+        let (lines, chunks) = self.page_layout(image, mode);
+        let pixels: Vec<PixelValues> = chunks
+            .iter()
+            .map(|c| self.processor.preprocess(c))
+            .collect();
         let mut timings = Timings {
             preprocess_ms: ms(start),
             ..Timings::default()

@@ -150,6 +150,10 @@ struct OcrArgs {
     /// Each image is one text line (no page analysis).
     #[arg(long)]
     line: bool,
+    /// Write the image of every line chunk the model reads into this directory (to see what
+    /// page mode found).
+    #[arg(long)]
+    save_chunks: Option<PathBuf>,
     /// Beams for beam search (1: greedy).
     #[arg(long)]
     num_beams: Option<usize>,
@@ -288,6 +292,9 @@ fn ocr(args: &OcrArgs) -> Result<bool, Error> {
         PageMode::Page
     };
     for_each_input(&args.inputs, |name, image| {
+        if let Some(dir) = &args.save_chunks {
+            save_chunks(&model, dir, name, image, mode)?;
+        }
         let page = model.read_page(image, &options, mode)?;
         Ok(if args.inputs.json {
             let lines: Vec<serde_json::Value> = page
@@ -300,6 +307,37 @@ fn ocr(args: &OcrArgs) -> Result<bool, Error> {
             page.text
         })
     })
+}
+
+fn save_chunks(
+    model: &Model,
+    dir: &Path,
+    name: &str,
+    image: &Rgb8,
+    mode: PageMode,
+) -> Result<(), Error> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::Io {
+        path: dir.to_path_buf(),
+        source: e,
+    })?;
+    let stem = Path::new(name)
+        .file_stem()
+        .map_or("image".into(), |s| s.to_string_lossy().into_owned());
+    for (i, chunk) in model.page_layout(image, mode).1.iter().enumerate() {
+        let path = dir.join(format!("{stem}-{i:03}.png"));
+        image::save_buffer(
+            &path,
+            &chunk.data,
+            chunk.width as u32,
+            chunk.height as u32,
+            image::ColorType::Rgb8,
+        )
+        .map_err(|e| Error::Image {
+            path: path.clone(),
+            msg: e.to_string(),
+        })?;
+    }
+    Ok(())
 }
 
 fn caption(args: &CaptionArgs) -> Result<bool, Error> {

@@ -226,47 +226,65 @@ impl Page {
             }
             y += 1;
         }
-        let bands = merge_accents(bands);
-        let mut lines = Vec::new();
-        for (top, bottom) in bands {
-            let height = bottom - top;
-            if height < 6 {
-                continue;
-            }
-            // Take in the faint rows next to the band: thin parts of ascenders and descenders.
-            let (mut t, mut b) = (top, bottom);
-            while t > 0 && counts[t - 1] > 0 && top - t < 3 * height / 10 {
-                t -= 1;
-            }
-            while b < h && counts[b] > 0 && b - bottom < 3 * height / 10 {
-                b += 1;
-            }
-            let height = b - t;
-            let cols: Vec<bool> = (0..w).map(|x| (t..b).any(|y| self.ink(x, y))).collect();
-            let Some(first) = cols.iter().position(|&c| c) else {
-                continue;
-            };
-            let last = cols.iter().rposition(|&c| c).unwrap_or(first);
-            let pad = (height * 15 / 100).max(2);
-            let (left, right) = (first.saturating_sub(pad), (last + 1 + pad).min(w));
-            let (top, bottom) = (t.saturating_sub(pad), (b + pad).min(h));
-            let bbox = Rect {
-                x: left,
-                y: top,
-                width: right - left,
-                height: bottom - top,
-            };
-            let chunks = chunk_at_gaps(
-                &cols,
-                (first, last),
-                (left, right),
-                height,
-                bbox,
-                max_aspect,
-            );
-            lines.push(Line { bbox, chunks });
+        merge_accents(bands)
+            .into_iter()
+            .filter(|(top, bottom)| bottom - top >= 6)
+            .filter_map(|band| self.line(band, &counts, max_aspect))
+            .collect()
+    }
+
+    /// The whole image as one line: its ink, framed and chunked as a line of a page is.
+    pub fn single_line(&self, max_aspect: f64) -> Option<Line> {
+        let (w, h) = (self.gray.width, self.gray.height);
+        let counts: Vec<usize> = (0..h)
+            .map(|y| (0..w).filter(|&x| self.ink(x, y)).count())
+            .collect();
+        let top = counts.iter().position(|&c| c > 0)?;
+        let bottom = counts.iter().rposition(|&c| c > 0)? + 1;
+        self.line((top, bottom), &counts, max_aspect)
+    }
+
+    /// The line around a band of text rows: the band grown into its faint neighbouring rows,
+    /// framed with a margin, cut into chunks.
+    fn line(
+        &self,
+        (top, bottom): (usize, usize),
+        counts: &[usize],
+        max_aspect: f64,
+    ) -> Option<Line> {
+        let (w, h) = (self.gray.width, self.gray.height);
+        let height = bottom - top;
+        // Take in the faint rows next to the band: thin parts of ascenders and descenders.
+        let (mut t, mut b) = (top, bottom);
+        while t > 0 && counts[t - 1] > 0 && top - t < 3 * height / 10 {
+            t -= 1;
         }
-        lines
+        while b < h && counts[b] > 0 && b - bottom < 3 * height / 10 {
+            b += 1;
+        }
+        let height = b - t;
+        let cols: Vec<bool> = (0..w).map(|x| (t..b).any(|y| self.ink(x, y))).collect();
+        let first = cols.iter().position(|&c| c)?;
+        let last = cols.iter().rposition(|&c| c).unwrap_or(first);
+        // The margin the model saw in training around its lines.
+        let pad = (height * 15 / 100).max(2);
+        let (left, right) = (first.saturating_sub(pad), (last + 1 + pad).min(w));
+        let (top, bottom) = (t.saturating_sub(pad), (b + pad).min(h));
+        let bbox = Rect {
+            x: left,
+            y: top,
+            width: right - left,
+            height: bottom - top,
+        };
+        let chunks = chunk_at_gaps(
+            &cols,
+            (first, last),
+            (left, right),
+            height,
+            bbox,
+            max_aspect,
+        );
+        Some(Line { bbox, chunks })
     }
 }
 
@@ -287,8 +305,10 @@ fn merge_accents(bands: Vec<(usize, usize)>) -> Vec<(usize, usize)> {
     merged
 }
 
-/// Cuts a line at word gaps (empty column runs wider than a quarter of its height) into chunks
-/// that fit the canvas without squashing; a single word too long for it stays whole (squashed).
+/// Cuts a line into chunks that fit the canvas without squashing, at word gaps (empty column
+/// runs at least a quarter of the line height wide). Each cut takes the widest gap in the second
+/// half of the room left, so that a gap inside a number ("4.50") loses to a space between words.
+/// A single word too long for the canvas stays whole (and is squashed).
 fn chunk_at_gaps(
     cols: &[bool],
     (first, last): (usize, usize),
@@ -298,45 +318,58 @@ fn chunk_at_gaps(
     max_aspect: f64,
 ) -> Vec<Rect> {
     let min_gap = (height / 4).max(3);
-    let mut gaps = Vec::new();
+    // Ink runs (start, end) between empty columns.
+    let mut runs: Vec<(usize, usize)> = Vec::new();
     let mut x = first;
     while x <= last {
-        if !cols[x] {
-            let start = x;
-            while x <= last && !cols[x] {
-                x += 1;
-            }
-            if x - start >= min_gap {
-                gaps.push((start + x) / 2);
-            }
+        let start = x;
+        while x <= last && cols[x] {
+            x += 1;
         }
-        x += 1;
+        if x > start {
+            runs.push((start, x));
+        }
+        while x <= last && !cols[x] {
+            x += 1;
+        }
     }
-    let fits = |a: usize, b: usize| (b - a) as f64 <= max_aspect * bbox.height as f64;
+    // Gaps between runs as (middle, rank): wider ranks higher, and a gap next to a narrow run
+    // (a period, a comma, a quote) ranks below every other, so "4.50" is cut last.
+    let narrow = |r: &(usize, usize)| r.1 - r.0 < height / 4;
+    let gaps: Vec<(usize, (bool, usize))> = runs
+        .windows(2)
+        .filter(|w| w[1].0 - w[0].1 >= min_gap)
+        .map(|w| {
+            (
+                (w[0].1 + w[1].0) / 2,
+                (!narrow(&w[0]) && !narrow(&w[1]), w[1].0 - w[0].1),
+            )
+        })
+        .collect();
+    let room = (max_aspect * bbox.height as f64) as usize;
     let mut chunks = Vec::new();
     let mut start = left;
-    let mut best: Option<usize> = None;
-    for cut in gaps.into_iter().chain([right]) {
-        if fits(start, cut) {
-            best = Some(cut);
-            continue;
-        }
-        let end = best.filter(|&b| b > start).unwrap_or(cut);
-        chunks.push((start, end));
-        start = end;
-        best = if fits(start, cut) && cut > start {
-            Some(cut)
-        } else {
-            None
+    while right - start > room {
+        let candidates = gaps
+            .iter()
+            .filter(|(mid, _)| *mid > start && mid - start <= room);
+        // The widest gap in the second half of the room, else the widest anywhere in it, else
+        // the first gap after it (a word longer than the canvas).
+        let widest = |it: &mut dyn Iterator<Item = &(usize, (bool, usize))>| {
+            it.max_by_key(|(mid, rank)| (*rank, *mid)).map(|g| g.0)
         };
-        if best.is_none() && cut > start {
-            chunks.push((start, cut));
-            start = cut;
-        }
+        let cut = widest(
+            &mut candidates
+                .clone()
+                .filter(|(mid, _)| mid - start >= room / 2),
+        )
+        .or_else(|| widest(&mut candidates.clone()))
+        .or_else(|| gaps.iter().map(|g| g.0).find(|&mid| mid > start));
+        let Some(cut) = cut else { break };
+        chunks.push((start, cut));
+        start = cut;
     }
-    if start < right {
-        chunks.push((start, right));
-    }
+    chunks.push((start, right));
     chunks
         .into_iter()
         .filter(|(a, b)| b - a > 2)
@@ -464,6 +497,19 @@ mod tests {
         assert_eq!(l.chunks.first().unwrap().x, l.bbox.x);
         let end = l.chunks.last().unwrap();
         assert_eq!(end.x + end.width, l.bbox.x + l.bbox.width);
+    }
+
+    #[test]
+    fn a_single_line_is_framed_tightly() {
+        // One line of words in the middle of a large white image.
+        let mut g = Gray8::from_rgb(&page(1, 2));
+        g.data.extend(vec![250; g.width * 100]);
+        g.height += 100;
+        let line = Page::new(&g.to_rgb())
+            .single_line(DEFAULT_MAX_ASPECT)
+            .unwrap();
+        assert!(line.bbox.height < 20, "{line:?}");
+        assert_eq!(line.chunks.len(), 1);
     }
 
     #[test]
