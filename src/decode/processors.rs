@@ -95,7 +95,10 @@ struct NoBadWords(Vec<Vec<u32>>);
 impl LogitsProcessor for NoBadWords {
     fn process(&self, tokens: &[u32], scores: &mut [f32]) {
         for bad in &self.0 {
-            let (last, prefix) = bad.split_last().expect("bad word sequences are not empty");
+            // Empty sequences are refused when the settings are resolved.
+            let Some((last, prefix)) = bad.split_last() else {
+                continue;
+            };
             if tokens.ends_with(prefix) {
                 ban(scores, *last);
             }
