@@ -2,7 +2,7 @@
 //! that fit the line model's input, each chunk drawn on the model's "line canvas".
 //!
 //! The steps are classical and cheap (a Raspberry Pi spends its time in the model, not here):
-//! grayscale, Otsu threshold, small-skew correction by the sharpest row profile, lines from the
+//! grayscale, Sauvola's local threshold, small-skew correction by the sharpest row profile, lines from the
 //! row profile, chunks at word gaps.
 
 use crate::vision::Rgb8;
@@ -170,6 +170,56 @@ pub fn otsu(img: &Gray8) -> u8 {
     best_t
 }
 
+/// Sauvola's local threshold: a pixel is ink when it is darker than the mean of its
+/// neighbourhood by a margin that grows as the neighbourhood's contrast falls. Unlike one global
+/// threshold it copes with uneven lighting and shadows in photographs of pages, and flat areas,
+/// light or dark, hold no ink.
+pub fn sauvola(img: &Gray8, window: usize) -> Vec<bool> {
+    const K: f64 = 0.3;
+    const R: f64 = 128.0;
+    // Below this local standard deviation there is no text, only lighting: smooth gradients and
+    // deep shadow, where Sauvola's relative margin would otherwise mark the darker side as ink.
+    const MIN_STD: f64 = 20.0;
+    let (w, h) = (img.width, img.height);
+    // Integral images of values and squares, with a zero row and column in front.
+    let mut sum = vec![0f64; (w + 1) * (h + 1)];
+    let mut sq = vec![0f64; (w + 1) * (h + 1)];
+    for y in 0..h {
+        let (mut row, mut row_sq) = (0f64, 0f64);
+        for x in 0..w {
+            let v = img.at(x, y) as f64;
+            row += v;
+            row_sq += v * v;
+            sum[(y + 1) * (w + 1) + x + 1] = sum[y * (w + 1) + x + 1] + row;
+            sq[(y + 1) * (w + 1) + x + 1] = sq[y * (w + 1) + x + 1] + row_sq;
+        }
+    }
+    let r = window / 2;
+    let mut ink = Vec::with_capacity(w * h);
+    for y in 0..h {
+        let (y0, y1) = (y.saturating_sub(r), (y + r + 1).min(h));
+        for x in 0..w {
+            let (x0, x1) = (x.saturating_sub(r), (x + r + 1).min(w));
+            let n = ((y1 - y0) * (x1 - x0)) as f64;
+            let area = |t: &[f64]| {
+                t[y1 * (w + 1) + x1] - t[y0 * (w + 1) + x1] - t[y1 * (w + 1) + x0]
+                    + t[y0 * (w + 1) + x0]
+            };
+            let mean = area(&sum) / n;
+            let std = (area(&sq) / n - mean * mean).max(0.0).sqrt();
+            let threshold = mean * (1.0 + K * (std / R - 1.0));
+            ink.push(std >= MIN_STD && (img.at(x, y) as f64) < threshold);
+        }
+    }
+    ink
+}
+
+/// Sauvola's window: a few text lines high for ordinary pages (a twelfth of the shorter side,
+/// at least 15 pixels, odd).
+fn sauvola_window(img: &Gray8) -> usize {
+    (img.width.min(img.height) / 12).max(15) | 1
+}
+
 /// The page, prepared: light background, deskewed, with its ink mask.
 pub struct Page {
     pub gray: Gray8,
@@ -181,19 +231,18 @@ pub struct Page {
 impl Page {
     pub fn new(img: &Rgb8) -> Page {
         let mut gray = Gray8::from_rgb(img);
-        let mut threshold = otsu(&gray);
         // Light text on a dark background: invert, so that ink is always dark.
+        let threshold = otsu(&gray);
         let dark = gray.data.iter().filter(|&&v| v <= threshold).count();
         if dark * 2 > gray.data.len() {
             gray.data.iter_mut().for_each(|v| *v = 255 - *v);
-            // Old paper was v <= t, so the old ink v > t is now 255 - v < 255 - t.
-            threshold = 254 - threshold;
         }
-        let skew = estimate_skew(&gray, threshold);
+        let window = sauvola_window(&gray);
+        let skew = estimate_skew(&gray, window);
         if skew != 0.0 {
             gray = gray.rotate(skew);
         }
-        let ink = gray.data.iter().map(|&v| v <= threshold).collect();
+        let ink = sauvola(&gray, window);
         Page { gray, ink, skew }
     }
 
@@ -384,21 +433,25 @@ fn chunk_at_gaps(
 
 /// The skew (degrees, within ±3) whose row profile is most peaked: straight lines give rows that
 /// are all ink or all paper.
-fn estimate_skew(gray: &Gray8, threshold: u8) -> f64 {
+fn estimate_skew(gray: &Gray8, window: usize) -> f64 {
     let small = gray.half();
+    let window = (window / 2).max(7) | 1;
     let score = |angle: f64| -> f64 {
         let img = if angle == 0.0 {
             small.clone()
         } else {
             small.rotate(angle)
         };
-        img.data
-            .chunks(img.width)
-            .map(|row| {
-                let n = row.iter().filter(|&&v| v <= threshold).count() as f64;
-                n * n
-            })
-            .sum()
+        let ink = sauvola(&img, window);
+        // Sum of squared row counts over the ink total: how concentrated the ink is in rows,
+        // whatever the amount of ink (interpolation when rotating thickens strokes).
+        let (mut squares, mut total) = (0f64, 0f64);
+        for row in ink.chunks(img.width) {
+            let n = row.iter().filter(|&&i| i).count() as f64;
+            squares += n * n;
+            total += n;
+        }
+        squares / total.max(1.0)
     };
     let mut best = (score(0.0), 0.0);
     for step in -12..=12 {
@@ -510,6 +563,22 @@ mod tests {
             .unwrap();
         assert!(line.bbox.height < 20, "{line:?}");
         assert_eq!(line.chunks.len(), 1);
+    }
+
+    #[test]
+    fn uneven_lighting_does_not_hide_lines() {
+        // Three lines on a page whose light falls from left to right and whose bottom is in shadow.
+        let mut g = Gray8::from_rgb(&page(3, 3));
+        let (w, h) = (g.width, g.height);
+        for y in 0..h {
+            for x in 0..w {
+                let shadow = 0.25 * (y as f64 - (h - 30) as f64).clamp(0.0, 30.0) / 30.0;
+                let light = 1.0 - 0.4 * x as f64 / w as f64 - shadow;
+                g.data[y * w + x] = (g.data[y * w + x] as f64 * light) as u8;
+            }
+        }
+        let lines = Page::new(&g.to_rgb()).lines(DEFAULT_MAX_ASPECT);
+        assert_eq!(lines.len(), 3, "{lines:?}");
     }
 
     #[test]
