@@ -18,6 +18,7 @@
 //! Tokens can be streamed as they are chosen, through a callback ([`Model::generate_with`]) or
 //! an iterator ([`Model::stream`]).
 
+pub mod bench;
 pub mod decode;
 pub mod error;
 pub mod inputs;
@@ -33,9 +34,10 @@ use tract_onnx::prelude::Tensor;
 
 pub use decode::{EarlyStopping, GenerationConfig, GenerationOptions, Sequence};
 pub use error::{Error, Result};
+pub use model::encoder::{IdGrid, InputSizes};
 pub use model::layout::{DecoderForm, Dtype};
 pub use model::{ModelDir, OpenOptions};
-pub use vision::{PixelValues, Rgb8};
+pub use vision::{PixelValues, Rgb8, Size};
 
 use decode::beam::beam_search;
 use decode::greedy::Greedy;
@@ -92,6 +94,19 @@ pub struct Output {
     /// Generation was stopped before EOS or the length limit.
     pub truncated: bool,
     pub timings: Timings,
+}
+
+/// The size an image is brought to before the encoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Resolution {
+    /// The size the model's image processor gives (its training size).
+    #[default]
+    Native,
+    /// Exactly this size (a ViT's position embeddings are resampled for its patch grid).
+    Exact(Size),
+    /// The image's aspect ratio, as large as the encoder's patch budget allows, padded to whole
+    /// patches.
+    KeepAspect,
 }
 
 /// How [`Model::read_page`] treats an image.
@@ -176,6 +191,48 @@ impl Model {
     /// Decodes an image file and preprocesses it for this model.
     pub fn load_image(&self, path: &Path) -> Result<PixelValues> {
         Ok(self.processor.preprocess(&Rgb8::open(path)?))
+    }
+
+    /// Decodes an image file and brings it to `resolution` for this model.
+    pub fn load_image_at(&self, path: &Path, resolution: Resolution) -> Result<PixelValues> {
+        self.preprocess(&Rgb8::open(path)?, resolution)
+    }
+
+    /// Preprocesses an image for this model at `resolution`: the image processor's own size,
+    /// an exact size, or the image's aspect ratio within the encoder's patch budget.
+    pub fn preprocess(&self, image: &Rgb8, resolution: Resolution) -> Result<PixelValues> {
+        let sizes = self.graphs.encoder.sizes();
+        match resolution {
+            Resolution::Native => Ok(self.processor.preprocess(image)),
+            Resolution::Exact(size) => {
+                sizes.check(size)?;
+                Ok(self.processor.with_size(size).preprocess(image))
+            }
+            Resolution::KeepAspect => {
+                let image_size = Size {
+                    height: image.height,
+                    width: image.width,
+                };
+                match sizes.keep_aspect(image_size) {
+                    Some((canvas, content)) => {
+                        Ok(self.processor.preprocess_fitted(image, canvas, content))
+                    }
+                    // Swin-style encoders (Donut) keep the aspect ratio in their processor.
+                    None if matches!(sizes, InputSizes::Multiple { .. }) => {
+                        Ok(self.processor.preprocess(image))
+                    }
+                    None => Err(Error::Option(format!(
+                        "--keep-aspect: the encoder of {} takes only its native size (glance resamples the position embeddings of ViT and DeiT encoders)",
+                        self.dir.root.display()
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// The grid of visual-word ids of each image, for a model with a discrete visual tokenizer.
+    pub fn tokenize(&self, pixels: &PixelValues) -> Result<Vec<IdGrid>> {
+        self.graphs.encoder.tokenize(pixels)
     }
 
     /// Generates text for each image of a batch of pixel values.

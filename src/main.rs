@@ -11,7 +11,7 @@ use serde_json::json;
 use glance::vision::npy;
 use glance::{
     inputs, DecoderForm, Dtype, EarlyStopping, Error, GenerateOptions, GenerationOptions, Model,
-    OpenOptions, PageMode, PixelValues, Rgb8,
+    OpenOptions, PageMode, PixelValues, Resolution, Rgb8, Size,
 };
 
 #[derive(Parser)]
@@ -33,6 +33,10 @@ enum Command {
     Ocr(Box<OcrArgs>),
     /// Describe images (captioning models).
     Caption(Box<CaptionArgs>),
+    /// Measure load time, peak memory, and the time of each stage on one image (medians).
+    Bench(Box<BenchArgs>),
+    /// Print the grid of visual-word ids a discrete visual tokenizer gives each image, as JSON.
+    Tokenize(Box<TokenizeArgs>),
     /// Show what glance finds in a model directory: layout, graphs, inputs and outputs.
     Inspect {
         /// The model directory.
@@ -121,9 +125,46 @@ struct RunArgs {
     /// Write what preprocessing produced (one image only) to this .npy file.
     #[arg(long)]
     save_pixel_values: Option<PathBuf>,
+    #[command(flatten)]
+    resolution: ResolutionArgs,
     /// Image files.
     #[arg(required_unless_present = "pixel_values")]
     images: Vec<PathBuf>,
+}
+
+/// The input size, for models whose encoder takes several.
+#[derive(Args)]
+struct ResolutionArgs {
+    /// Bring images to exactly HxW pixels, e.g. 64x160 (whole patches; a ViT or DeiT encoder's
+    /// position embeddings are resampled for it).
+    #[arg(long, value_parser = parse_size, conflicts_with = "keep_aspect")]
+    size: Option<Size>,
+    /// Keep each image's aspect ratio, as large as the encoder's patch budget allows, padding
+    /// the rest.
+    #[arg(long)]
+    keep_aspect: bool,
+}
+
+impl ResolutionArgs {
+    fn resolution(&self) -> Resolution {
+        match (self.size, self.keep_aspect) {
+            (Some(size), _) => Resolution::Exact(size),
+            (None, true) => Resolution::KeepAspect,
+            (None, false) => Resolution::Native,
+        }
+    }
+}
+
+fn parse_size(s: &str) -> Result<Size, String> {
+    let parsed = s
+        .split_once(['x', 'X'])
+        .and_then(|(h, w)| Some((h.trim().parse().ok()?, w.trim().parse().ok()?)));
+    match parsed {
+        Some((height, width)) => Ok(Size { height, width }),
+        None => Err(format!(
+            "{s:?} is not a size HEIGHTxWIDTH in pixels, such as 64x160"
+        )),
+    }
 }
 
 /// Where images come from, for `ocr` and `caption`.
@@ -173,6 +214,50 @@ struct CaptionArgs {
     #[arg(long)]
     max_new_tokens: Option<usize>,
     #[command(flatten)]
+    resolution: ResolutionArgs,
+    #[command(flatten)]
+    inputs: InputArgs,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// The model directory.
+    #[arg(long)]
+    model: PathBuf,
+    #[command(flatten)]
+    model_args: ModelArgs,
+    /// Measured runs; the median of each figure is reported.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Unmeasured runs first.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
+    /// With --max-new-tokens N, forces exactly N tokens (EOS suppressed until then).
+    #[arg(long)]
+    min_new_tokens: Option<usize>,
+    #[arg(long)]
+    num_beams: Option<usize>,
+    #[command(flatten)]
+    resolution: ResolutionArgs,
+    /// One JSON object.
+    #[arg(long)]
+    json: bool,
+    /// The image.
+    image: PathBuf,
+}
+
+#[derive(Args)]
+struct TokenizeArgs {
+    /// A model directory with a discrete visual tokenizer (visual_tokenizer.onnx and a codebook).
+    #[arg(long)]
+    model: PathBuf,
+    #[command(flatten)]
+    model_args: ModelArgs,
+    #[command(flatten)]
+    resolution: ResolutionArgs,
+    #[command(flatten)]
     inputs: InputArgs,
 }
 
@@ -221,6 +306,8 @@ fn main() -> ExitCode {
         Command::Run(args) => run(&args),
         Command::Ocr(args) => ocr(&args),
         Command::Caption(args) => caption(&args),
+        Command::Tokenize(args) => tokenize(&args),
+        Command::Bench(args) => bench(&args),
         Command::Inspect { dir, model } => inspect(&dir, &model.options()),
     };
     match result {
@@ -251,10 +338,11 @@ fn run(args: &RunArgs) -> Result<bool, Error> {
             "--save-pixel-values takes exactly one image".into(),
         ));
     }
+    let resolution = args.resolution.resolution();
     let mut all_ok = true;
     for image in &args.images {
         let start = Instant::now();
-        let result = model.load_image(image).and_then(|pixels| {
+        let result = model.load_image_at(image, resolution).and_then(|pixels| {
             if let Some(path) = &args.save_pixel_values {
                 npy::write(path, &pixels.shape, &pixels.data)?;
             }
@@ -342,6 +430,7 @@ fn save_chunks(
 
 fn caption(args: &CaptionArgs) -> Result<bool, Error> {
     let model = Model::open(&args.model, &args.model_args.options())?;
+    let resolution = args.resolution.resolution();
     let options = GenerateOptions {
         generation: GenerationOptions {
             num_beams: args.num_beams,
@@ -352,7 +441,7 @@ fn caption(args: &CaptionArgs) -> Result<bool, Error> {
     };
     for_each_input(&args.inputs, |name, image| {
         let start = Instant::now();
-        let pixels = model.processor().preprocess(image);
+        let pixels = model.preprocess(image, resolution)?;
         let preprocess_ms = start.elapsed().as_secs_f64() * 1000.0;
         let out = model.generate(&pixels, &options)?.remove(0);
         let text = out.text.trim().to_string();
@@ -365,6 +454,72 @@ fn caption(args: &CaptionArgs) -> Result<bool, Error> {
         } else {
             text
         })
+    })
+}
+
+fn bench(args: &BenchArgs) -> Result<bool, Error> {
+    let options = glance::bench::BenchOptions {
+        open: args.model_args.options(),
+        generate: GenerateOptions {
+            generation: GenerationOptions {
+                max_new_tokens: args.max_new_tokens,
+                min_new_tokens: args.min_new_tokens,
+                num_beams: args.num_beams,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        resolution: args.resolution.resolution(),
+        runs: args.runs,
+        warmup: args.warmup,
+    };
+    let r = glance::bench::measure(&args.model, &args.image, &options)?;
+    let text = if args.json {
+        json!({
+            "model": r.model, "image": r.image, "weights_bytes": r.weights_bytes,
+            "peak_rss_bytes": r.peak_rss_bytes, "rss_after_load_bytes": r.rss_after_load_bytes,
+            "load_ms": r.load_ms, "preprocess_ms": r.preprocess_ms, "encode_ms": r.encode_ms,
+            "first_token_ms": r.first_token_ms, "decode_ms_per_token": r.decode_ms_per_token,
+            "total_ms": r.total_ms, "tokens_generated": r.tokens_generated, "threads": r.threads,
+            "runs": r.runs, "text": r.text,
+        })
+        .to_string()
+    } else {
+        let mb =
+            |b: Option<u64>| b.map_or("?".to_string(), |b| format!("{:.1} MB", b as f64 / 1e6));
+        format!(
+            "model          {}\nweights        {}\npeak RSS       {} (after load {})\nload           {:.1} ms\npreprocess     {:.1} ms\nencode         {:.1} ms\nfirst token    {:.1} ms\ndecode         {:.2} ms/token\ntotal          {:.1} ms ({} tokens, {} threads, median of {} runs)\ntext           {}",
+            r.model.display(),
+            mb(Some(r.weights_bytes)),
+            mb(r.peak_rss_bytes),
+            mb(r.rss_after_load_bytes),
+            r.load_ms,
+            r.preprocess_ms,
+            r.encode_ms,
+            r.first_token_ms,
+            r.decode_ms_per_token,
+            r.total_ms,
+            r.tokens_generated,
+            r.threads,
+            r.runs,
+            r.text.trim()
+        )
+    };
+    writeln!(std::io::stdout(), "{text}").map_err(|e| Error::Io {
+        path: "<stdout>".into(),
+        source: e,
+    })?;
+    Ok(true)
+}
+
+fn tokenize(args: &TokenizeArgs) -> Result<bool, Error> {
+    let model = Model::open(&args.model, &args.model_args.options())?;
+    let resolution = args.resolution.resolution();
+    for_each_input(&args.inputs, |name, image| {
+        let pixels = model.preprocess(image, resolution)?;
+        let grid = model.tokenize(&pixels)?.remove(0);
+        let rows: Vec<&[i64]> = grid.ids.chunks(grid.cols.max(1)).collect();
+        Ok(json!({"image": name, "grid": [grid.rows, grid.cols], "ids": rows}).to_string())
     })
 }
 
@@ -508,28 +663,47 @@ fn print_output(
 
 fn inspect(dir: &Path, options: &OpenOptions) -> Result<bool, Error> {
     let model = Model::open(dir, options)?;
+    // Written at once, so that a closed pipe (`| head`) is an error value, not a panic.
+    let mut out = String::new();
     let files = &model.dir().files;
-    println!("model:    {}", dir.display());
-    println!(
-        "layout:   {}",
+    out += &format!("model:    {}\n", dir.display());
+    out += &format!(
+        "layout:   {}\n",
         if files.folder == model.dir().root {
             "Optimum (graphs beside the configs)"
         } else {
             "transformers.js (graphs under onnx/)"
         }
     );
-    println!("dtype:    {}", files.dtype);
-    println!("decoder:  {}", files.decoder.form().name());
-    println!(
-        "encoder:  {}",
+    out += &format!("dtype:    {}\n", files.dtype);
+    out += &format!("decoder:  {}\n", files.decoder.form().name());
+    out += &format!(
+        "encoder:  {}\n",
         if model.dir().encoder_type.is_empty() {
             "?"
         } else {
             &model.dir().encoder_type
         }
     );
-    println!(
-        "vocab:    {} (tokenizer: {})",
+    let sizes = match model.graphs().encoder.sizes() {
+        glance::InputSizes::Patches { patch, native } => format!(
+            "{}x{} native; any grid of {}x{} patches up to {} (position embeddings resampled)",
+            native.height,
+            native.width,
+            patch.height,
+            patch.width,
+            glance::model::encoder::MAX_PATCHES
+        ),
+        glance::InputSizes::Multiple { unit } => format!("any multiple of {unit}"),
+        glance::InputSizes::Native(Some(s)) => format!("{}x{} only", s.height, s.width),
+        glance::InputSizes::Native(None) => "as the graph allows".to_string(),
+    };
+    out += &format!("sizes:    {sizes}\n");
+    if let Some(t) = &files.visual_tokenizer {
+        out += &format!("visual tokenizer: {}\n", t.display());
+    }
+    out += &format!(
+        "vocab:    {} (tokenizer: {})\n",
         model.graphs().decoder.vocab_size,
         model.text().vocab_size()
     );
@@ -543,13 +717,19 @@ fn inspect(dir: &Path, options: &OpenOptions) -> Result<bool, Error> {
         .chain(decoder.with_past.clone());
     for g in all {
         let size = std::fs::metadata(&g.path).map(|m| m.len()).unwrap_or(0);
-        println!("\n{} ({:.1} MB)", g.path.display(), size as f64 / 1e6);
+        out += &format!("\n{} ({:.1} MB)\n", g.path.display(), size as f64 / 1e6);
         for p in &g.inputs {
-            println!("  in   {}", p.describe());
+            out += &format!("  in   {}\n", p.describe());
         }
         for p in &g.outputs {
-            println!("  out  {}", p.describe());
+            out += &format!("  out  {}\n", p.describe());
         }
     }
+    std::io::stdout()
+        .write_all(out.as_bytes())
+        .map_err(|e| Error::Io {
+            path: "<stdout>".into(),
+            source: e,
+        })?;
     Ok(true)
 }

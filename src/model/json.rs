@@ -102,6 +102,30 @@ impl JsonFile {
         }
     }
 
+    /// A positive size given as one integer (square) or `[height, width]`, as Hugging Face
+    /// configs write `image_size` and `patch_size`; each side at most `max`.
+    pub fn size_pair(&self, key: &str, max: usize) -> Result<Option<(usize, usize)>> {
+        let side = |v: &Value| {
+            v.as_u64()
+                .filter(|&n| n > 0 && n as u128 <= max as u128)
+                .map(|n| n as usize)
+        };
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        let pair = match v {
+            Value::Array(items) if items.len() == 2 => side(&items[0]).zip(side(&items[1])),
+            other => side(other).map(|n| (n, n)),
+        };
+        pair.map(Some).ok_or_else(|| {
+            self.wrong_type(
+                key,
+                &format!("a size from 1 to {max} or [height, width]"),
+                v,
+            )
+        })
+    }
+
     /// A finite number.
     pub fn f32(&self, key: &str) -> Result<Option<f32>> {
         match self.get(key) {

@@ -124,8 +124,20 @@ pub struct GraphFiles {
     /// Where the graphs were found: the model directory (Optimum) or its `onnx/` folder
     /// (transformers.js).
     pub folder: PathBuf,
+    /// A visual tokenizer in front of the encoder (`visual_tokenizer.onnx`), if the model has one.
+    pub visual_tokenizer: Option<PathBuf>,
     pub encoder: PathBuf,
     pub decoder: DecoderFiles,
+}
+
+impl GraphFiles {
+    /// Every graph file the model runs.
+    pub fn paths(&self) -> Vec<&Path> {
+        let mut paths: Vec<&Path> = self.visual_tokenizer.iter().map(PathBuf::as_path).collect();
+        paths.push(&self.encoder);
+        paths.extend(self.decoder.paths());
+        paths
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -153,6 +165,7 @@ impl DecoderFiles {
 }
 
 const ENCODER: &str = "encoder_model";
+const VISUAL_TOKENIZER: &str = "visual_tokenizer";
 const DECODER: &str = "decoder_model";
 const DECODER_WITH_PAST: &str = "decoder_with_past_model";
 const DECODER_MERGED: &str = "decoder_model_merged";
@@ -204,9 +217,15 @@ fn graphs_in(folder: &Path, dtype: Dtype, form: Option<DecoderForm>) -> Option<G
         Some(DecoderForm::NoPast) => no_past(),
         None => split().or_else(merged).or_else(no_past),
     }?;
+    // A small convolutional tokenizer is often left unquantized: fall back to the fp32 file.
+    let visual_tokenizer = file(VISUAL_TOKENIZER).or_else(|| {
+        let p = folder.join(format!("{VISUAL_TOKENIZER}.onnx"));
+        p.is_file().then_some(p)
+    });
     Some(GraphFiles {
         dtype,
         folder: folder.to_path_buf(),
+        visual_tokenizer,
         encoder,
         decoder,
     })

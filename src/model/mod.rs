@@ -1,17 +1,17 @@
 //! A model directory: its configs, its graphs, and the tract plans made from them.
 
+pub mod encoder;
 pub mod graph;
 pub mod json;
 pub mod layout;
 pub mod names;
+pub mod position;
 pub mod surgery;
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-
 use tract_onnx::pb::ModelProto;
-use tract_onnx::prelude::*;
 
+pub use self::encoder::Encoder;
 use self::graph::{Graph, Shapes};
 use self::json::JsonFile;
 use self::layout::{DecoderFiles, DecoderForm, Dtype, GraphFiles};
@@ -19,7 +19,7 @@ use self::surgery::Branch;
 use crate::decode::session::Decoder;
 use crate::decode::GenerationOptions;
 use crate::error::{Error, Result};
-use crate::vision::{PixelValues, Size};
+use crate::vision::Size;
 
 /// How to open a model directory.
 #[derive(Debug, Clone, Default)]
@@ -79,99 +79,6 @@ impl ModelDir {
     /// Donut checkpoints use a task prompt as the whole decoder prompt (no start token).
     pub fn prompt_is_whole_prefix(&self) -> bool {
         self.encoder_type.contains("donut")
-    }
-}
-
-/// The encoder graph, with one plan per input size (a ViT only takes its training size; a
-/// Swin encoder takes any multiple of its window).
-#[derive(Debug)]
-pub struct Encoder {
-    path: PathBuf,
-    threads: usize,
-    plans: Mutex<Vec<(Size, Graph)>>,
-}
-
-impl Encoder {
-    fn load(path: &Path, size: Option<Size>, threads: usize) -> Result<Encoder> {
-        let encoder = Encoder {
-            path: path.to_path_buf(),
-            threads,
-            plans: Mutex::new(Vec::new()),
-        };
-        if let Some(size) = size {
-            encoder.plan(size)?;
-        }
-        Ok(encoder)
-    }
-
-    /// The plan for one input size, made on first use.
-    fn plan(&self, size: Size) -> Result<Graph> {
-        let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, g)) = plans.iter().find(|(s, _)| *s == size) {
-            return Ok(g.clone());
-        }
-        let mut proto = graph::read_proto(&self.path)?;
-        prepare_proto(&mut proto);
-        // tract needs the channel count and spatial size concrete (tract-hf-recipes.md items 1, 2).
-        // The batch is pinned to one image too: with a symbolic batch tract 0.23.9 makes the batch
-        // the matmul's n axis and loops over the patch axis, which made a quantized ViT 7x slower
-        // (one image at a time costs nothing: each already has hundreds of patches).
-        let shapes = Shapes {
-            fixed: vec![
-                (names::PIXEL_VALUES.to_string(), 0, 1),
-                (names::PIXEL_VALUES.to_string(), 1, 3),
-                (names::PIXEL_VALUES.to_string(), 2, size.height),
-                (names::PIXEL_VALUES.to_string(), 3, size.width),
-            ],
-            batch_of_one: false,
-        };
-        let g = Graph::prepare(&self.path, &proto, &shapes, self.threads)?;
-        if g.input(names::PIXEL_VALUES).is_none() || g.inputs.len() != 1 {
-            let found: Vec<String> = g.inputs.iter().map(|p| p.describe()).collect();
-            return Err(Error::graph(
-                &self.path,
-                format!(
-                    "an encoder must take exactly one input, {}; found {}",
-                    names::PIXEL_VALUES,
-                    found.join(", ")
-                ),
-            ));
-        }
-        plans.push((size, g.clone()));
-        Ok(g)
-    }
-
-    /// `[batch, sequence, hidden]` encoder states for a batch of pixel values.
-    pub fn run(&self, pixels: &PixelValues) -> Result<Tensor> {
-        let size = Size {
-            height: pixels.height(),
-            width: pixels.width(),
-        };
-        let plan = self.plan(size)?;
-        let at = plan.output_index(names::LAST_HIDDEN_STATE).unwrap_or(0);
-        // The plan takes one image at a time (see `plan`).
-        let mut states = Vec::with_capacity(pixels.batch());
-        for i in 0..pixels.batch() {
-            let image = pixels.item(i);
-            let outputs = plan.run(|_| {
-                Tensor::from_shape(&image.shape, &image.data)
-                    .map_err(|e| Error::graph(&self.path, e))
-            })?;
-            states.push(outputs[at].clone().into_tensor());
-        }
-        if states.len() == 1 {
-            return Ok(states.remove(0));
-        }
-        Tensor::stack_tensors(0, &states).map_err(|e| Error::graph(&self.path, e))
-    }
-
-    pub fn plans(&self) -> Vec<Graph> {
-        self.plans
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(_, g)| g.clone())
-            .collect()
     }
 }
 
@@ -249,7 +156,7 @@ pub struct Graphs {
 
 impl Graphs {
     pub fn load(dir: &ModelDir, encoder_size: Option<Size>, threads: usize) -> Result<Graphs> {
-        let encoder = Encoder::load(&dir.files.encoder, encoder_size, threads)?;
+        let encoder = Encoder::load(dir, encoder_size, threads)?;
         let decoder = load_decoder(&dir.files.decoder, threads)?;
         Ok(Graphs { encoder, decoder })
     }

@@ -18,7 +18,7 @@ pub struct Size {
 }
 
 /// The largest side a preprocessor config may ask for; beyond it the file is wrong.
-const MAX_SIDE: usize = 16384;
+pub const MAX_SIDE: usize = 16384;
 
 #[derive(Debug, Clone, PartialEq)]
 enum Steps {
@@ -198,6 +198,54 @@ impl ImageProcessor {
     /// `pixel_values` `[1, 3, H, W]` for one image.
     pub fn preprocess(&self, image: &Rgb8) -> PixelValues {
         self.to_pixel_values(&self.geometry(image))
+    }
+
+    /// This processor bringing images to `size` instead of its configured size (`--size`): a
+    /// ViT processor resizes to exactly `size` (no centre crop); Donut's fits and pads to it.
+    pub fn with_size(&self, size: Size) -> ImageProcessor {
+        let steps = match &self.steps {
+            Steps::Vit { .. } => Steps::Vit {
+                resize: Some(size),
+                center_crop: None,
+            },
+            Steps::Donut {
+                align_long_axis,
+                resize,
+                thumbnail,
+                ..
+            } => Steps::Donut {
+                size,
+                align_long_axis: *align_long_axis,
+                resize: *resize,
+                thumbnail: *thumbnail,
+                pad: true,
+            },
+        };
+        ImageProcessor {
+            steps,
+            ..self.clone()
+        }
+    }
+
+    /// `--keep-aspect`: the image resized to `content` with this processor's filter, rescaled
+    /// and normalised, at the top left of a `canvas` of zeros. Zero is the normalisation mean:
+    /// the most neutral value an encoder can be shown for the padding.
+    pub fn preprocess_fitted(&self, image: &Rgb8, canvas: Size, content: Size) -> PixelValues {
+        let inner = self.to_pixel_values(&resized(image, content, self.resample));
+        let (h, w) = (canvas.height, canvas.width);
+        let mut data = vec![0f32; 3 * h * w];
+        for c in 0..3 {
+            for y in 0..content.height.min(h) {
+                let from = (c * content.height + y) * content.width;
+                let to = (c * h + y) * w;
+                let n = content.width.min(w);
+                data[to..to + n].copy_from_slice(&inner.data[from..from + n]);
+            }
+        }
+        PixelValues {
+            shape: [1, 3, h, w],
+            data,
+        }
     }
 
     /// Rescale and normalise, as transformers does: `f32(f64(x) * factor)`, then

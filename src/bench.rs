@@ -1,0 +1,170 @@
+//! `glance bench`: where the time and memory of one image-to-text job go, measured the way a
+//! user runs it (open the model, preprocess, encode, decode), as medians over several runs.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::error::Result;
+use crate::{GenerateOptions, Model, OpenOptions, Resolution, Rgb8};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub open: OpenOptions,
+    pub generate: GenerateOptions,
+    pub resolution: Resolution,
+    /// Measured runs (the median is reported).
+    pub runs: usize,
+    /// Runs before measuring (they make the plans of sizes not prepared at load).
+    pub warmup: usize,
+}
+
+/// Medians over the measured runs; memory and load time from the single load.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchReport {
+    pub model: PathBuf,
+    pub image: PathBuf,
+    /// Bytes of the graph files the model runs (on disk).
+    pub weights_bytes: u64,
+    /// The process's peak resident memory (VmHWM) after all runs; `None` off Linux.
+    pub peak_rss_bytes: Option<u64>,
+    /// Resident memory right after loading.
+    pub rss_after_load_bytes: Option<u64>,
+    pub load_ms: f64,
+    pub preprocess_ms: f64,
+    pub encode_ms: f64,
+    /// From the start of generation (encoder included) to the first token.
+    pub first_token_ms: f64,
+    /// Decoding time per token after the first.
+    pub decode_ms_per_token: f64,
+    /// Preprocessing and generation, image decoded.
+    pub total_ms: f64,
+    pub tokens_generated: usize,
+    pub threads: usize,
+    pub runs: usize,
+    pub text: String,
+}
+
+/// Opens the model and runs it `warmup + runs` times on `image`.
+pub fn measure(model_dir: &Path, image: &Path, options: &BenchOptions) -> Result<BenchReport> {
+    let start = Instant::now();
+    let model = Model::open(model_dir, &options.open)?;
+    let load_ms = ms(start);
+    let rss_after_load_bytes = memory("VmRSS");
+    let weights_bytes = model
+        .dir()
+        .files
+        .paths()
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    let decoded = Rgb8::open(image)?;
+
+    let mut samples: Vec<Sample> = Vec::with_capacity(options.runs);
+    let mut text = String::new();
+    for run in 0..options.warmup + options.runs.max(1) {
+        let start = Instant::now();
+        let pixels = model.preprocess(&decoded, options.resolution)?;
+        let preprocess_ms = ms(start);
+        let generate_start = Instant::now();
+        let mut first_token_ms = None;
+        let mut tokens = 0usize;
+        let out = model
+            .generate_with(&pixels, &options.generate, |_, _| {
+                first_token_ms.get_or_insert_with(|| ms(generate_start));
+                tokens += 1;
+                true
+            })?
+            .remove(0);
+        let generate_ms = ms(generate_start);
+        let first_token_ms = first_token_ms.unwrap_or(generate_ms);
+        let after_first = (generate_ms - first_token_ms).max(0.0);
+        if run >= options.warmup {
+            samples.push(Sample {
+                preprocess_ms,
+                encode_ms: out.timings.encode_ms,
+                first_token_ms,
+                decode_ms_per_token: after_first / tokens.saturating_sub(1).max(1) as f64,
+                total_ms: preprocess_ms + generate_ms,
+                tokens,
+            });
+        }
+        text = out.text;
+    }
+    let median = |f: fn(&Sample) -> f64| median(samples.iter().map(f).collect());
+    Ok(BenchReport {
+        model: model_dir.to_path_buf(),
+        image: image.to_path_buf(),
+        weights_bytes,
+        peak_rss_bytes: memory("VmHWM"),
+        rss_after_load_bytes,
+        load_ms,
+        preprocess_ms: median(|s| s.preprocess_ms),
+        encode_ms: median(|s| s.encode_ms),
+        first_token_ms: median(|s| s.first_token_ms),
+        decode_ms_per_token: median(|s| s.decode_ms_per_token),
+        total_ms: median(|s| s.total_ms),
+        tokens_generated: median(|s| s.tokens as f64) as usize,
+        threads: options.open.threads.max(1),
+        runs: samples.len(),
+        text,
+    })
+}
+
+struct Sample {
+    preprocess_ms: f64,
+    encode_ms: f64,
+    first_token_ms: f64,
+    decode_ms_per_token: f64,
+    total_ms: f64,
+    tokens: usize,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// A memory figure of this process from `/proc/self/status` (`VmHWM`: peak resident set;
+/// `VmRSS`: current), in bytes. `None` where the kernel does not provide it.
+pub fn memory(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status
+        .lines()
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn ms(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_even_and_odd_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(vec![]), 0.0);
+    }
+
+    #[test]
+    fn peak_memory_is_read_on_linux() {
+        if cfg!(target_os = "linux") {
+            let peak = memory("VmHWM").unwrap();
+            assert!(peak >= memory("VmRSS").unwrap() / 2 && peak > 0);
+        }
+    }
+}
