@@ -313,7 +313,10 @@ impl Encoder {
                 let mut sizes = InputSizes::Native(native);
                 if let Some((patch, image, cells)) = grid {
                     let proto = graph::read_proto(&files.encoder)?;
-                    if let Some(found) = proto.graph.as_ref().and_then(|g| InGraph::find(g, cells))
+                    if let Some(found) = proto
+                        .graph
+                        .as_ref()
+                        .and_then(|g| InGraph::find(g, cells, &files.encoder))
                     {
                         plans.position = Some((found, patch));
                         sizes = InputSizes::Patches {
@@ -604,10 +607,11 @@ fn load_codebook(dir: &ModelDir, tokenizer: &Path) -> Result<Codebook> {
             )
         })?;
     let shape: Vec<usize> = init.dims.iter().map(|&d| d.max(0) as usize).collect();
-    let data: Vec<f32> = if init.raw_data.is_empty() {
+    let bytes = graph::tensor_bytes(init, tokenizer)?;
+    let data: Vec<f32> = if bytes.is_empty() {
         init.float_data.clone()
     } else {
-        init.raw_data
+        bytes
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect()

@@ -1,13 +1,16 @@
 //! One ONNX graph: read from a memory map, optimized once by tract, run many times.
 
+use std::borrow::Cow;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use prost::Message;
-use tract_onnx::pb::ModelProto;
+use tract_onnx::pb::{tensor_proto::DataLocation, ModelProto, TensorProto};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::optim::Optimizer;
 
+use super::external;
 use crate::error::{Error, Result};
 
 /// An input or output of a graph, as tract typed it.
@@ -39,13 +42,18 @@ pub struct Graph {
     plan: Arc<TypedRunnableModel>,
 }
 
-/// Reads an ONNX file through a memory map and decodes its protobuf.
+/// Reads an ONNX file through a memory map and decodes its protobuf, leaving the weights in the
+/// file: large initializers become references that tract resolves when it builds each tensor
+/// ([`super::external`]), so the weights are never held twice.
 pub fn read_proto(path: &Path) -> Result<ModelProto> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let (dir, name) = canonical(path)?;
+    let file = std::fs::File::open(dir.join(&name)).map_err(|e| Error::io(path, e))?;
     // SAFETY: the map is read-only and dropped before this function returns; a file truncated
     // by another process meanwhile would fault, which is the usual contract of mapping files.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    let proto = ModelProto::decode(&map[..])
+    let small = external::externalize(&map[..], &name)
+        .map_err(|e| Error::graph(path, format!("not a valid ONNX file ({e})")))?;
+    let proto = ModelProto::decode(&small[..])
         .map_err(|e| Error::graph(path, format!("not a valid ONNX file ({e})")))?;
     if proto.graph.is_none() {
         return Err(Error::graph(
@@ -54,6 +62,60 @@ pub fn read_proto(path: &Path) -> Result<ModelProto> {
         ));
     }
     Ok(proto)
+}
+
+/// The directory and file name of a graph file, symbolic links resolved: tract only reads
+/// external data from inside the directory it is given, and a model directory may link to its
+/// graphs.
+fn canonical(path: &Path) -> Result<(PathBuf, String)> {
+    let real = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
+    let name = real
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::graph(path, "the file name is not valid UTF-8"))?
+        .to_string();
+    let dir = real.parent().unwrap_or(Path::new("/")).to_path_buf();
+    Ok((dir, name))
+}
+
+/// The bytes of an initializer of the graph in `path`, inline or external.
+pub fn tensor_bytes<'a>(t: &'a TensorProto, path: &Path) -> Result<Cow<'a, [u8]>> {
+    if !t.raw_data.is_empty() || t.data_location != Some(DataLocation::External as i32) {
+        return Ok(Cow::Borrowed(&t.raw_data));
+    }
+    let get = |key: &str| {
+        t.external_data
+            .iter()
+            .find(|e| e.key == key)
+            .map(|e| e.value.as_str())
+    };
+    let bad = |msg: &str| Error::graph(path, format!("initializer {}: {msg}", t.name));
+    let location = get("location").ok_or_else(|| bad("external data without a location"))?;
+    let number = |key: &str| -> Result<Option<u64>> {
+        get(key)
+            .map(|v| {
+                v.parse::<u64>()
+                    .map_err(|_| bad(&format!("bad external {key} {v:?}")))
+            })
+            .transpose()
+    };
+    let offset = number("offset")?.unwrap_or(0);
+    let (dir, _) = canonical(path)?;
+    let data = std::fs::canonicalize(dir.join(location)).map_err(|e| Error::io(path, e))?;
+    if !data.starts_with(&dir) {
+        return Err(bad("external data outside the model directory"));
+    }
+    let mut file = std::fs::File::open(&data).map_err(|e| Error::io(&data, e))?;
+    let size = file.metadata().map_err(|e| Error::io(&data, e))?.len();
+    let length = number("length")?.unwrap_or(size.saturating_sub(offset));
+    if offset.checked_add(length).is_none_or(|end| end > size) {
+        return Err(bad("external data runs past the end of its file"));
+    }
+    let mut bytes = vec![0u8; length as usize];
+    file.seek(SeekFrom::Start(offset))
+        .and_then(|_| file.read_exact(&mut bytes))
+        .map_err(|e| Error::io(&data, e))?;
+    Ok(Cow::Owned(bytes))
 }
 
 /// How to pin the shape of a graph before optimizing it.
@@ -78,8 +140,9 @@ impl Graph {
         // Exporters' value_info annotations sometimes contradict what tract infers
         // (tract-hf-recipes.md, item 5); tract's own inference is enough.
         let onnx = tract_onnx::onnx().with_ignore_value_info(true);
-        let dir = path.parent().and_then(|p| p.to_str());
-        let parsed = onnx.parse(proto, dir).map_err(fail)?;
+        // External references in the proto (see `read_proto`) are resolved against this.
+        let (dir, _) = canonical(path)?;
+        let parsed = onnx.parse(proto, dir.to_str()).map_err(fail)?;
         if !parsed.unresolved_inputs.is_empty() {
             return Err(Error::graph(
                 path,

@@ -1,6 +1,7 @@
 //! A model directory: its configs, its graphs, and the tract plans made from them.
 
 pub mod encoder;
+pub mod external;
 pub mod graph;
 pub mod json;
 pub mod layout;

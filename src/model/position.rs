@@ -6,6 +6,8 @@
 //! Hugging Face's `interpolate_pos_encoding` does (PyTorch bicubic) lets one model serve other
 //! input shapes with the outputs transformers would give.
 
+use std::path::Path;
+
 use half::f16;
 use tract_onnx::pb::{tensor_proto::DataType, GraphProto, TensorProto};
 
@@ -118,7 +120,7 @@ fn taps(input: usize, output: usize) -> Vec<([usize; 4], [f32; 4])> {
 impl InGraph {
     /// Finds the position-embedding initializer of a ViT-style encoder: a float initializer
     /// `[1, K + rows*cols, D]` added to the patch sequence.
-    pub fn find(graph: &GraphProto, grid: (usize, usize)) -> Option<InGraph> {
+    pub fn find(graph: &GraphProto, grid: (usize, usize), path: &Path) -> Option<InGraph> {
         let added: Vec<&str> = graph
             .node
             .iter()
@@ -131,10 +133,16 @@ impl InGraph {
             .filter(|t| added.contains(&t.name.as_str()))
             .find_map(|t| {
                 let shape: Vec<usize> = t.dims.iter().map(|&d| d.max(0) as usize).collect();
-                if shape.len() != 3 {
+                let leading = match shape[..] {
+                    [1, tokens, _] => tokens.checked_sub(grid.0 * grid.1)?,
+                    _ => return None,
+                };
+                if !(1..=2).contains(&leading) {
                     return None;
                 }
-                let (dtype, data) = floats(t)?;
+                // Read only once the shape says this is the table (it may live in the file).
+                let bytes = super::graph::tensor_bytes(t, path).ok()?;
+                let (dtype, data) = floats(t, &bytes)?;
                 let table = PositionEmbeddings::new(&shape, data, grid).ok()?;
                 Some(InGraph {
                     initializer: t.name.clone(),
@@ -161,6 +169,8 @@ impl InGraph {
         ];
         t.float_data.clear();
         t.int32_data.clear();
+        t.external_data.clear();
+        t.data_location = None;
         t.raw_data = match self.dtype {
             DataType::Float16 => values
                 .iter()
@@ -171,21 +181,22 @@ impl InGraph {
     }
 }
 
-/// The values of an f32 or f16 initializer stored in the file itself.
-fn floats(t: &TensorProto) -> Option<(DataType, Vec<f32>)> {
+/// The values of an f32 or f16 initializer whose data (`raw_data`, inline or read from the
+/// file) is `bytes`.
+fn floats(t: &TensorProto, bytes: &[u8]) -> Option<(DataType, Vec<f32>)> {
     let dtype = DataType::try_from(t.data_type).ok()?;
     match dtype {
-        DataType::Float if !t.raw_data.is_empty() => Some((
+        DataType::Float if !bytes.is_empty() => Some((
             dtype,
-            t.raw_data
+            bytes
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect(),
         )),
         DataType::Float => Some((dtype, t.float_data.clone())),
-        DataType::Float16 if !t.raw_data.is_empty() => Some((
+        DataType::Float16 if !bytes.is_empty() => Some((
             dtype,
-            t.raw_data
+            bytes
                 .chunks_exact(2)
                 .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
                 .collect(),
