@@ -3,10 +3,10 @@
 use std::borrow::Cow;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use prost::Message;
-use tract_onnx::pb::{tensor_proto::DataLocation, ModelProto, TensorProto};
+use tract_onnx::pb::{tensor_proto::DataLocation, GraphProto, ModelProto, TensorProto};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::optim::Optimizer;
 
@@ -154,6 +154,7 @@ impl Graph {
         }
         let mut model = parsed.model;
         unsupported_ops(path, &model)?;
+        warn_qdq(path, proto);
 
         let input_names: Vec<String> = model
             .input_outlets()
@@ -318,6 +319,44 @@ fn unsupported_ops(path: &Path, model: &InferenceModel) -> Result<()> {
     }
 }
 
+/// Weights stored as QDQ (`DequantizeLinear` of an int8 initializer) are expanded to f32 by
+/// tract when it folds constants: four times their size in memory and f32 speed. Say so once
+/// per file, with the cost.
+fn warn_qdq(path: &Path, proto: &ModelProto) {
+    static WARNED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    let Some((count, bytes)) = proto.graph.as_ref().and_then(qdq_weights) else {
+        return;
+    };
+    let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+    if warned.iter().any(|p| p == path) {
+        return;
+    }
+    warned.push(path.to_path_buf());
+    log::warn!(
+        "{}: {count} weights are QDQ-quantized (DequantizeLinear of {:.1} MB of 8-bit data); tract expands them to f32 ({:.1} MB) and runs them at f32 speed. A dynamically quantized export (MatMulInteger, as scripts/export.py makes) keeps them 8-bit.",
+        path.display(),
+        bytes as f64 / 1e6,
+        bytes as f64 * 4.0 / 1e6
+    );
+}
+
+/// The number of QDQ weights in a graph and their 8-bit size, if any.
+fn qdq_weights(graph: &GraphProto) -> Option<(usize, u64)> {
+    let sizes: Vec<u64> = graph
+        .node
+        .iter()
+        .filter(|n| n.op_type == "DequantizeLinear")
+        .filter_map(|n| {
+            let init = graph
+                .initializer
+                .iter()
+                .find(|t| Some(&t.name) == n.input.first())?;
+            Some(init.dims.iter().map(|&d| d.max(0) as u64).product())
+        })
+        .collect();
+    (!sizes.is_empty()).then(|| (sizes.len(), sizes.iter().sum()))
+}
+
 /// tract's declutter, without `FoldUniformMask`: on GPT-2 graphs that pass turns the causal
 /// mask into a wrong constant, which gives wrong logits with no error for short prefixes
 /// (tract-hf-recipes.md, item 4).
@@ -327,4 +366,32 @@ fn declutter(model: &mut TypedModel) -> TractResult<()> {
         .passes
         .retain(|pass| !format!("{pass:?}").starts_with("FoldUniformMask"));
     optimizer.optimize(model)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_onnx::pb::NodeProto;
+
+    #[test]
+    fn qdq_weights_are_found() {
+        let mut graph = GraphProto {
+            initializer: vec![TensorProto {
+                name: "w_q".into(),
+                dims: vec![64, 32],
+                data_type: 3,
+                ..Default::default()
+            }],
+            node: vec![NodeProto {
+                op_type: "DequantizeLinear".into(),
+                input: vec!["w_q".into(), "scale".into(), "zero".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(qdq_weights(&graph), Some((1, 64 * 32)));
+        // Activations quantized at run time are not weights.
+        graph.node[0].input[0] = "activations".into();
+        assert_eq!(qdq_weights(&graph), None);
+    }
 }
