@@ -713,8 +713,7 @@ fn inspect(dir: &Path, options: &OpenOptions) -> Result<bool, Error> {
         .encoder
         .plans()
         .into_iter()
-        .chain([decoder.first.clone()])
-        .chain(decoder.with_past.clone());
+        .chain(decoder.steps.graphs().into_iter().cloned());
     for g in all {
         let size = std::fs::metadata(&g.path).map(|m| m.len()).unwrap_or(0);
         out += &format!("\n{} ({:.1} MB)\n", g.path.display(), size as f64 / 1e6);

@@ -9,23 +9,96 @@ use crate::error::{Error, Result};
 use crate::model::graph::{Graph, Port};
 use crate::model::names;
 
+/// Which graph runs which decoder step.
+#[derive(Debug, Clone)]
+pub enum Steps {
+    /// No cache: the graph runs the whole prefix at every step.
+    NoPast(Graph),
+    /// `first` runs the prefix, `with_past` every later step (each holds the decoder weights).
+    Split { first: Graph, with_past: Graph },
+    /// `with_past` runs every step, the first from an empty self-attention cache, so the decoder
+    /// weights are held once. `cross` computes the cross-attention cache
+    /// (`present.*.encoder.*`) from `encoder_hidden_states` before the first step; GPT-2-style
+    /// decoders, which take `encoder_hidden_states` at every step, have none.
+    Shared {
+        with_past: Graph,
+        cross: Option<Graph>,
+    },
+}
+
+impl Steps {
+    /// The graph for a step, given how many tokens of each row the cache holds.
+    fn graph_for(&self, cached_len: usize) -> &Graph {
+        match self {
+            Steps::NoPast(g) => g,
+            Steps::Split { first, .. } if cached_len == 0 => first,
+            Steps::Split { with_past, .. } | Steps::Shared { with_past, .. } => with_past,
+        }
+    }
+
+    fn with_past(&self) -> Option<&Graph> {
+        match self {
+            Steps::NoPast(_) => None,
+            Steps::Split { with_past, .. } | Steps::Shared { with_past, .. } => Some(with_past),
+        }
+    }
+
+    fn cross(&self) -> Option<&Graph> {
+        match self {
+            Steps::Shared { cross, .. } => cross.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The graphs that run tokens (all but the cross-attention cut).
+    fn token_graphs(&self) -> Vec<&Graph> {
+        match self {
+            Steps::NoPast(g) => vec![g],
+            Steps::Split { first, with_past } => vec![first, with_past],
+            Steps::Shared { with_past, .. } => vec![with_past],
+        }
+    }
+
+    /// Every graph, for display.
+    pub fn graphs(&self) -> Vec<&Graph> {
+        let mut all = self.token_graphs();
+        all.extend(self.cross());
+        all
+    }
+
+    /// Whether `with_past` can run the first step: every past input it takes is either made by
+    /// `cross` or a self-attention cache whose heads and head size are known (to make it empty).
+    pub fn can_share(with_past: &Graph, cross: Option<&Graph>) -> bool {
+        with_past.inputs.iter().all(|port| {
+            let Some(key) = names::past_key(&port.name) else {
+                return true;
+            };
+            let made_by_cross = cross.is_some_and(|c| {
+                c.outputs
+                    .iter()
+                    .any(|o| names::present_key(&o.name) == Some(key))
+            });
+            made_by_cross
+                || (!names::is_cross_attention(key)
+                    && port.shape.len() == 4
+                    && port.shape[1].is_some()
+                    && port.shape[3].is_some())
+        })
+    }
+}
+
 /// The decoder graphs of a model, shared by every generation.
 #[derive(Debug, Clone)]
 pub struct Decoder {
-    /// Runs the whole prefix from nothing: `decoder_model`, the merged file's no-cache branch,
-    /// or a no-past decoder.
-    pub first: Graph,
-    /// Runs new tokens against a KV cache; `None` for a no-past decoder, which recomputes the
-    /// prefix at every step.
-    pub with_past: Option<Graph>,
+    pub steps: Steps,
     pub vocab_size: usize,
 }
 
 impl Decoder {
     /// Checks that the graphs take and give what a decoder must, so that a wrong file fails at
     /// load time with its name, not in the middle of generation.
-    pub fn new(first: Graph, with_past: Option<Graph>) -> Result<Decoder> {
-        for graph in std::iter::once(&first).chain(&with_past) {
+    pub fn new(steps: Steps) -> Result<Decoder> {
+        for graph in steps.token_graphs() {
             require_input(graph, names::INPUT_IDS)?;
             if graph.output_index(names::LOGITS).is_none() {
                 return Err(Error::graph(
@@ -48,14 +121,14 @@ impl Decoder {
                 }
             }
         }
-        if let Some(with_past) = &with_past {
+        if let Some(with_past) = steps.with_past() {
             for port in with_past
                 .inputs
                 .iter()
                 .filter(|p| names::past_key(&p.name).is_some())
             {
                 let key = names::past_key(&port.name).unwrap_or_default();
-                let produced = std::iter::once(&first).chain(Some(with_past)).any(|g| {
+                let produced = steps.graphs().iter().any(|g| {
                     g.outputs
                         .iter()
                         .any(|o| names::present_key(&o.name) == Some(key))
@@ -68,18 +141,15 @@ impl Decoder {
                 }
             }
         }
-        let logits = &first.outputs[first.output_index(names::LOGITS).unwrap_or(0)];
+        let main = steps.graph_for(0);
+        let logits = &main.outputs[main.output_index(names::LOGITS).unwrap_or(0)];
         let vocab_size = logits.shape.last().copied().flatten().ok_or_else(|| {
             Error::graph(
-                &first.path,
+                &main.path,
                 format!("cannot tell the vocabulary size from {}", logits.describe()),
             )
         })?;
-        Ok(Decoder {
-            first,
-            with_past,
-            vocab_size,
-        })
+        Ok(Decoder { steps, vocab_size })
     }
 
     /// Starts decoding for `encoder_states` (`[rows, sequence, hidden]`, one row per sequence).
@@ -159,11 +229,13 @@ impl Session<'_> {
                 "rows must be non-empty, of one length, and grow".into(),
             ));
         }
-        let (graph, new) = match (&self.decoder.with_past, self.cached_len) {
-            (Some(g), n) if n > 0 => (g, n),
-            _ => (&self.decoder.first, 0),
-        };
-        let fresh: Vec<&[u32]> = rows.iter().map(|r| &r[new..]).collect();
+        if self.cached_len == 0 {
+            if let Some(cross) = self.decoder.steps.cross() {
+                self.cache = self.cross_cache(cross, rows)?;
+            }
+        }
+        let graph = self.decoder.steps.graph_for(self.cached_len);
+        let fresh: Vec<&[u32]> = rows.iter().map(|r| &r[self.cached_len..]).collect();
         let one_row = graph
             .input(names::INPUT_IDS)
             .is_some_and(|p| p.shape.first() == Some(&Some(1)));
@@ -172,7 +244,7 @@ impl Session<'_> {
         } else {
             self.run(graph, &fresh, &self.encoder_states, &self.cache)?
         };
-        if self.decoder.with_past.is_some() {
+        if self.decoder.steps.with_past().is_some() {
             self.store(presents);
             self.cached_len = len;
         }
@@ -181,7 +253,7 @@ impl Session<'_> {
             return Err(Error::Generation(format!(
                 "the decoder returned NaN logits for row {r} at step {} ({})",
                 self.steps,
-                self.decoder.first.path.display()
+                graph.path.display()
             )));
         }
         Ok(logits)
@@ -291,9 +363,68 @@ impl Session<'_> {
         Ok((logits, presents))
     }
 
+    /// The cross-attention cache of every row, from the graph cut for it (one row at a time
+    /// where that graph only takes one). The cut may still read `input_ids`: exports take the
+    /// batch size for the K/V reshapes from the decoder's input.
+    fn cross_cache(&self, cross: &Graph, tokens: &[&[u32]]) -> Result<Vec<CacheEntry>> {
+        let rows = self.rows();
+        let one_row = cross
+            .input(names::ENCODER_HIDDEN_STATES)
+            .is_some_and(|p| p.shape.first() == Some(&Some(1)));
+        let run = |states: &Tensor, tokens: &[&[u32]]| -> Result<Vec<CacheEntry>> {
+            let outputs = cross.run(|port| {
+                if port.name == names::ENCODER_HIDDEN_STATES {
+                    Ok(states.clone())
+                } else if port.name == names::INPUT_IDS {
+                    let ids: Vec<i64> = tokens
+                        .iter()
+                        .flat_map(|r| r.iter().map(|&t| t as i64))
+                        .collect();
+                    Tensor::from_shape(&[tokens.len(), tokens[0].len()], &ids)
+                        .map_err(|e| Error::graph(&cross.path, e))
+                } else {
+                    Err(Error::graph(
+                        &cross.path,
+                        format!("unexpected input {}", port.describe()),
+                    ))
+                }
+            })?;
+            Ok(cross
+                .outputs
+                .iter()
+                .zip(outputs.iter())
+                .filter_map(|(port, value)| {
+                    Some(CacheEntry {
+                        key: names::present_key(&port.name)?.to_string(),
+                        tensor: value.clone().into_tensor(),
+                    })
+                })
+                .collect())
+        };
+        if !one_row || rows == 1 {
+            return run(&self.encoder_states, tokens);
+        }
+        let fail = |e: TractError| Error::Generation(e.to_string());
+        let mut entries: Vec<CacheEntry> = Vec::new();
+        for r in 0..rows {
+            let row = run(
+                &self.encoder_states.slice(0, r, r + 1).map_err(fail)?,
+                &tokens[r..r + 1],
+            )?;
+            if r == 0 {
+                entries = row;
+                continue;
+            }
+            for (all, new) in entries.iter_mut().zip(row) {
+                all.tensor = Tensor::stack_tensors(0, &[&all.tensor, &new.tensor]).map_err(fail)?;
+            }
+        }
+        Ok(entries)
+    }
+
     /// Keeps the new cache tensors the with-past graph will ask for.
     fn store(&mut self, presents: Vec<CacheEntry>) {
-        let Some(with_past) = &self.decoder.with_past else {
+        let Some(with_past) = self.decoder.steps.with_past() else {
             return;
         };
         for entry in presents {

@@ -17,7 +17,7 @@ use self::graph::{Graph, Shapes};
 use self::json::JsonFile;
 use self::layout::{DecoderFiles, DecoderForm, Dtype, GraphFiles};
 use self::surgery::Branch;
-use crate::decode::session::Decoder;
+use crate::decode::session::{Decoder, Steps};
 use crate::decode::GenerationOptions;
 use crate::error::{Error, Result};
 use crate::vision::Size;
@@ -90,62 +90,123 @@ fn prepare_proto(proto: &mut ModelProto) {
     }
 }
 
-/// Loads the decoder graphs of any of the three forms.
-fn load_decoder(files: &DecoderFiles, threads: usize) -> Result<Decoder> {
+/// What a decoder graph is loaded for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// The whole prefix from nothing (`decoder_model`, the merged file's no-cache branch).
+    First,
+    /// New tokens against a KV cache.
+    WithPast,
+    /// Only the cross-attention cache (`present.*.encoder.*`), cut out of a first-step graph.
+    CrossCache,
+}
+
+/// Prepares one decoder graph of `proto` (`branch`: which side of a merged file).
+fn prepare_decoder(
+    path: &Path,
+    mut proto: ModelProto,
+    branch: Option<Branch>,
+    role: Role,
+    threads: usize,
+) -> Result<Graph> {
+    let g = proto
+        .graph
+        .as_mut()
+        .ok_or_else(|| Error::graph(path, "no graph"))?;
+    if let Some(branch) = branch {
+        if !surgery::splice_if(g, branch).map_err(|e| Error::graph(path, e))? {
+            return Err(Error::graph(
+                path,
+                format!(
+                    "a merged decoder must branch on {}",
+                    surgery::USE_CACHE_BRANCH
+                ),
+            ));
+        }
+    }
+    match role {
+        // Optimum's cache step returns empty placeholders for the cross-attention cache.
+        Role::WithPast => surgery::drop_outputs(g, names::is_cross_attention_present),
+        Role::CrossCache => {
+            surgery::drop_outputs(g, |name| !names::is_cross_attention_present(name));
+            // Only the cross-attention projections stay: the rest of the weights are never read.
+            surgery::prune_dead(g);
+        }
+        Role::First => {}
+    }
+    surgery::prune_inputs(g);
+    prepare_proto(&mut proto);
     let shapes = Shapes::default();
-    let prepare = |path: &Path, mut proto: ModelProto, branch: Option<Branch>| -> Result<Graph> {
-        let g = proto
-            .graph
-            .as_mut()
-            .ok_or_else(|| Error::graph(path, "no graph"))?;
-        if let Some(branch) = branch {
-            if !surgery::splice_if(g, branch).map_err(|e| Error::graph(path, e))? {
-                return Err(Error::graph(
-                    path,
-                    format!(
-                        "a merged decoder must branch on {}",
-                        surgery::USE_CACHE_BRANCH
-                    ),
-                ));
-            }
+    match Graph::prepare(path, &proto, &shapes, threads) {
+        Ok(g) => Ok(g),
+        // Some GPT-2 graphs only type with a concrete batch (tract-hf-recipes.md item 6):
+        // fall back to running rows one at a time.
+        Err(first) => {
+            let one = Shapes {
+                batch_of_one: true,
+                ..Shapes::default()
+            };
+            Graph::prepare(path, &proto, &one, threads).map_err(|_| first)
         }
-        if branch == Some(Branch::Cache)
-            || path
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("decoder_with_past"))
-        {
-            surgery::drop_outputs(g, names::is_cross_attention_present);
+    }
+}
+
+/// Loads the decoder graphs of any of the three forms.
+///
+/// With a KV cache, the with-past graph also runs the first step, from an empty
+/// self-attention cache, so that the decoder weights are held once; the cross-attention cache
+/// it needs at that step comes from a small graph cut out of the first-step graph (GPT-2-style
+/// decoders, which take `encoder_hidden_states` at every step, need none).
+fn load_decoder(files: &DecoderFiles, threads: usize) -> Result<Decoder> {
+    let (with_past, first_path, branch) = match files {
+        DecoderFiles::NoPast(path) => {
+            let g = prepare_decoder(path, graph::read_proto(path)?, None, Role::First, threads)?;
+            return Decoder::new(Steps::NoPast(g));
         }
-        surgery::prune_inputs(g);
-        prepare_proto(&mut proto);
-        match Graph::prepare(path, &proto, &shapes, threads) {
-            Ok(g) => Ok(g),
-            // Some GPT-2 graphs only type with a concrete batch (tract-hf-recipes.md item 6):
-            // fall back to running rows one at a time.
-            Err(first) => {
-                let one = Shapes {
-                    batch_of_one: true,
-                    ..Shapes::default()
-                };
-                Graph::prepare(path, &proto, &one, threads).map_err(|_| first)
-            }
-        }
-    };
-    let (first, with_past) = match files {
         DecoderFiles::Split { first, with_past } => (
-            prepare(first, graph::read_proto(first)?, None)?,
-            Some(prepare(with_past, graph::read_proto(with_past)?, None)?),
+            prepare_decoder(
+                with_past,
+                graph::read_proto(with_past)?,
+                None,
+                Role::WithPast,
+                threads,
+            )?,
+            first,
+            None,
         ),
-        DecoderFiles::Merged(path) => {
-            let proto = graph::read_proto(path)?;
-            (
-                prepare(path, proto.clone(), Some(Branch::NoCache))?,
-                Some(prepare(path, proto, Some(Branch::Cache))?),
-            )
-        }
-        DecoderFiles::NoPast(path) => (prepare(path, graph::read_proto(path)?, None)?, None),
+        DecoderFiles::Merged(path) => (
+            prepare_decoder(
+                path,
+                graph::read_proto(path)?,
+                Some(Branch::Cache),
+                Role::WithPast,
+                threads,
+            )?,
+            path,
+            Some(Branch::NoCache),
+        ),
     };
-    Decoder::new(first, with_past)
+    let first_proto = || graph::read_proto(first_path);
+    let needs_cross = with_past
+        .inputs
+        .iter()
+        .any(|p| names::past_key(&p.name).is_some_and(names::is_cross_attention));
+    let cross = if needs_cross {
+        Some(prepare_decoder(
+            first_path,
+            first_proto()?,
+            branch,
+            Role::CrossCache,
+            threads,
+        )?)
+    } else {
+        None
+    };
+    if Steps::can_share(&with_past, cross.as_ref()) {
+        return Decoder::new(Steps::Shared { with_past, cross });
+    }
+    let first = prepare_decoder(first_path, first_proto()?, branch, Role::First, threads)?;
+    Decoder::new(Steps::Split { first, with_past })
 }
 
 /// Everything loaded from a model directory that generation needs.

@@ -140,6 +140,40 @@ pub fn drop_outputs(graph: &mut GraphProto, drop: impl Fn(&str) -> bool) {
     graph.output.retain(|o| !drop(&o.name));
 }
 
+/// Removes the nodes no graph output depends on, then the initializers and inputs no remaining
+/// node reads (so tract never loads those weights).
+pub fn prune_dead(graph: &mut GraphProto) {
+    let mut needed: HashSet<String> = graph.output.iter().map(|o| o.name.clone()).collect();
+    // ONNX lists nodes in topological order: walking backwards sees every consumer first.
+    let mut keep = vec![false; graph.node.len()];
+    for (i, node) in graph.node.iter().enumerate().rev() {
+        if node.output.iter().any(|o| needed.contains(o)) {
+            keep[i] = true;
+            needed.extend(node_reads(node));
+        }
+    }
+    let mut i = 0;
+    graph.node.retain(|_| {
+        i += 1;
+        keep[i - 1]
+    });
+    let used = names_read(graph);
+    let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
+    graph
+        .initializer
+        .retain(|t| used.contains(&t.name) || outputs.contains(t.name.as_str()));
+    prune_inputs(graph);
+}
+
+/// The names one node reads, its subgraphs included.
+fn node_reads(node: &NodeProto) -> HashSet<String> {
+    let g = GraphProto {
+        node: vec![node.clone()],
+        ..Default::default()
+    };
+    names_read(&g)
+}
+
 /// Every name a node of `graph` reads, including reads from inside subgraphs (which may refer
 /// to names of the enclosing graph).
 fn names_read(graph: &GraphProto) -> HashSet<String> {
@@ -264,6 +298,31 @@ mod tests {
         let mut g = main;
         assert!(splice_if(&mut g, Branch::NoCache).unwrap());
         assert_eq!(g.node[1].op_type, "Sigmoid");
+    }
+
+    #[test]
+    fn dead_nodes_and_their_weights_are_pruned() {
+        let init = |name: &str| pb::TensorProto {
+            name: name.into(),
+            ..Default::default()
+        };
+        let mut g = GraphProto {
+            node: vec![
+                simple("MatMul", &["x", "w_live"], "h", "live"),
+                simple("MatMul", &["x", "w_dead"], "d", "dead"),
+                simple("Relu", &["h"], "y", "out"),
+            ],
+            initializer: vec![init("w_live"), init("w_dead")],
+            input: vec![input("x"), input("unused")],
+            output: vec![input("y")],
+            ..Default::default()
+        };
+        prune_dead(&mut g);
+        let nodes: Vec<_> = g.node.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(nodes, ["live", "out"]);
+        let inits: Vec<_> = g.initializer.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(inits, ["w_live"]);
+        assert_eq!(g.input.len(), 1);
     }
 
     #[test]
