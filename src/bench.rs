@@ -112,6 +112,46 @@ pub fn measure(model_dir: &Path, image: &Path, options: &BenchOptions) -> Result
     })
 }
 
+/// Where the time goes: tract's per-node timings summed per operator, largest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Profile {
+    /// The first image stage (the encoder, or the visual tokenizer) on the bench image.
+    pub encoder: Vec<(String, f64)>,
+    /// One decoder step after the first (one new token against the cache).
+    pub decoder_step: Vec<(String, f64)>,
+}
+
+/// Profiles the encoder and one decoder step of `model` on `image`.
+pub fn profile(model: &Model, image: &Rgb8, options: &BenchOptions) -> Result<Profile> {
+    let pixels = model.preprocess(image, options.resolution)?;
+    let encoder = by_op(model.graphs().encoder.profile(&pixels.item(0))?);
+    let (prompt, _) = model.prepare(&options.generate)?;
+    let states = model.encode(&pixels.item(0))?;
+    let mut session = model.graphs().decoder.session(states);
+    let logits = session.step(&[&prompt])?;
+    let row = logits.row(0);
+    let next = (0..row.len()).fold(0, |best, i| if row[i] > row[best] { i } else { best });
+    let mut tokens = prompt.clone();
+    tokens.push(next as u32);
+    let decoder_step = by_op(session.profile_step(&[&tokens])?);
+    Ok(Profile {
+        encoder,
+        decoder_step,
+    })
+}
+
+fn by_op(times: Vec<crate::model::graph::NodeTime>) -> Vec<(String, f64)> {
+    let mut ops: Vec<(String, f64)> = Vec::new();
+    for t in times {
+        match ops.iter_mut().find(|(op, _)| *op == t.op) {
+            Some((_, ms)) => *ms += t.seconds * 1000.0,
+            None => ops.push((t.op, t.seconds * 1000.0)),
+        }
+    }
+    ops.sort_by(|a, b| b.1.total_cmp(&a.1));
+    ops
+}
+
 struct Sample {
     preprocess_ms: f64,
     encode_ms: f64,

@@ -244,6 +244,10 @@ struct BenchArgs {
     /// One JSON object.
     #[arg(long)]
     json: bool,
+    /// Also time every node of the encoder and of one decoder step (tract's profiling), summed
+    /// per operator.
+    #[arg(long)]
+    profile: bool,
     /// The image.
     image: PathBuf,
 }
@@ -474,7 +478,22 @@ fn bench(args: &BenchArgs) -> Result<bool, Error> {
         warmup: args.warmup,
     };
     let r = glance::bench::measure(&args.model, &args.image, &options)?;
-    let text = if args.json {
+    let profile = if args.profile {
+        let model = Model::open(&args.model, &options.open)?;
+        Some(glance::bench::profile(
+            &model,
+            &Rgb8::open(&args.image)?,
+            &options,
+        )?)
+    } else {
+        None
+    };
+    let ops = |ops: &[(String, f64)]| -> serde_json::Value {
+        ops.iter()
+            .map(|(op, ms)| json!({"op": op, "ms": ms}))
+            .collect()
+    };
+    let mut text = if args.json {
         json!({
             "model": r.model, "image": r.image, "weights_bytes": r.weights_bytes,
             "peak_rss_bytes": r.peak_rss_bytes, "rss_after_load_bytes": r.rss_after_load_bytes,
@@ -482,6 +501,9 @@ fn bench(args: &BenchArgs) -> Result<bool, Error> {
             "first_token_ms": r.first_token_ms, "decode_ms_per_token": r.decode_ms_per_token,
             "total_ms": r.total_ms, "tokens_generated": r.tokens_generated, "threads": r.threads,
             "runs": r.runs, "text": r.text,
+            "profile": profile.as_ref().map(|p| json!({
+                "encoder": ops(&p.encoder), "decoder_step": ops(&p.decoder_step),
+            })),
         })
         .to_string()
     } else {
@@ -505,6 +527,19 @@ fn bench(args: &BenchArgs) -> Result<bool, Error> {
             r.text.trim()
         )
     };
+    if let (Some(p), false) = (&profile, args.json) {
+        for (stage, ops) in [("encoder", &p.encoder), ("decoder step", &p.decoder_step)] {
+            let total: f64 = ops.iter().map(|(_, ms)| ms).sum();
+            text.push_str(&format!("\n\n{stage}: {total:.1} ms in tract nodes"));
+            for (op, ms) in ops.iter().take(12) {
+                text.push_str(&format!(
+                    "\n  {:>9.2} ms {:>5.1}%  {op}",
+                    ms,
+                    100.0 * ms / total.max(1e-9)
+                ));
+            }
+        }
+    }
     writeln!(std::io::stdout(), "{text}").map_err(|e| Error::Io {
         path: "<stdout>".into(),
         source: e,

@@ -6,7 +6,7 @@
 use tract_onnx::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::model::graph::{Graph, Port};
+use crate::model::graph::{Graph, NodeTime, Port};
 use crate::model::names;
 
 /// Which graph runs which decoder step.
@@ -325,27 +325,7 @@ impl Session<'_> {
         encoder_states: &Tensor,
         cache: &[CacheEntry],
     ) -> Result<(Logits, Vec<CacheEntry>)> {
-        let rows = tokens.len();
-        let seq = tokens[0].len();
-        let outputs = graph.run(|port| {
-            if port.name == names::INPUT_IDS {
-                let ids: Vec<i64> = tokens
-                    .iter()
-                    .flat_map(|r| r.iter().map(|&t| t as i64))
-                    .collect();
-                return Tensor::from_shape(&[rows, seq], &ids)
-                    .map_err(|e| Error::graph(&graph.path, e));
-            }
-            if port.name == names::ENCODER_HIDDEN_STATES {
-                return Ok(encoder_states.clone());
-            }
-            let key = names::past_key(&port.name).unwrap_or_default();
-            match cache.iter().find(|e| e.key == key) {
-                Some(entry) => Ok(entry.tensor.clone()),
-                // Nothing cached yet: a zero-length past (Optimum's convention for step 0).
-                None => empty_past(graph, port, rows),
-            }
-        })?;
+        let outputs = graph.run(feed(graph, tokens, encoder_states, cache))?;
         let at = graph.output_index(names::LOGITS).unwrap_or(0);
         let logits = last_position(graph, &outputs[at])?;
         let presents = graph
@@ -422,6 +402,14 @@ impl Session<'_> {
         Ok(entries)
     }
 
+    /// Times every node of the graph the next step would run (on `rows`, as [`Session::step`]
+    /// takes them), without changing the session: where a decoder step spends its time.
+    pub fn profile_step(&self, rows: &[&[u32]]) -> Result<Vec<NodeTime>> {
+        let graph = self.decoder.steps.graph_for(self.cached_len);
+        let fresh: Vec<&[u32]> = rows.iter().map(|r| &r[self.cached_len..]).collect();
+        graph.profile(feed(graph, &fresh, &self.encoder_states, &self.cache))
+    }
+
     /// Keeps the new cache tensors the with-past graph will ask for.
     fn store(&mut self, presents: Vec<CacheEntry>) {
         let Some(with_past) = self.decoder.steps.with_past() else {
@@ -439,6 +427,36 @@ impl Session<'_> {
                 Some(slot) => slot.tensor = entry.tensor,
                 None => self.cache.push(entry),
             }
+        }
+    }
+}
+
+/// The value of each input of a decoder graph for one step.
+fn feed<'a>(
+    graph: &'a Graph,
+    tokens: &'a [&'a [u32]],
+    encoder_states: &'a Tensor,
+    cache: &'a [CacheEntry],
+) -> impl FnMut(&Port) -> Result<Tensor> + 'a {
+    let rows = tokens.len();
+    let seq = tokens[0].len();
+    move |port| {
+        if port.name == names::INPUT_IDS {
+            let ids: Vec<i64> = tokens
+                .iter()
+                .flat_map(|r| r.iter().map(|&t| t as i64))
+                .collect();
+            return Tensor::from_shape(&[rows, seq], &ids)
+                .map_err(|e| Error::graph(&graph.path, e));
+        }
+        if port.name == names::ENCODER_HIDDEN_STATES {
+            return Ok(encoder_states.clone());
+        }
+        let key = names::past_key(&port.name).unwrap_or_default();
+        match cache.iter().find(|e| e.key == key) {
+            Some(entry) => Ok(entry.tensor.clone()),
+            // Nothing cached yet: a zero-length past (Optimum's convention for step 0).
+            None => empty_past(graph, port, rows),
         }
     }
 }

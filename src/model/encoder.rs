@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use tract_onnx::prelude::*;
 
-use super::graph::{self, Graph, Shapes};
+use super::graph::{self, Graph, NodeTime, Shapes};
 use super::position::{InGraph, PositionEmbeddings};
 use super::{names, prepare_proto, ModelDir};
 use crate::error::{Error, Result};
@@ -520,6 +520,15 @@ impl Encoder {
                 discrete_ids(tokenizer, codebook, t)
             })
             .collect()
+    }
+
+    /// Times every node of the first stage (the encoder, or the visual tokenizer) on one image.
+    pub fn profile(&self, image: &PixelValues) -> Result<Vec<NodeTime>> {
+        let stage = self.first_stage();
+        let plan = stage.get(&image.shape)?;
+        let pixels = Tensor::from_shape(&image.shape, &image.data)
+            .map_err(|e| Error::graph(&stage.path, e))?;
+        plan.profile(|_| Ok(pixels.clone()))
     }
 
     /// Every plan made so far, first stage first.
