@@ -152,6 +152,155 @@ fn by_op(times: Vec<crate::model::graph::NodeTime>) -> Vec<(String, f64)> {
     ops
 }
 
+/// How a matrix product is computed, for [`matmul_throughput`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatMulKind {
+    /// `MatMul` of f32 activations by f32 weights.
+    F32,
+    /// What a dynamically quantized export runs: `DynamicQuantizeLinear` of the f32
+    /// activations, `MatMulInteger` by int8 weights, and the rescale back to f32.
+    Int8,
+}
+
+/// The throughput tract reaches on one matrix product `[m, k] x [k, n]` (activations by
+/// constant weights, as in a transformer layer), through the same loading path as a model:
+/// GFLOP/s, counting a multiply-add as two operations. The median of `runs` after one warm-up.
+pub fn matmul_throughput(
+    kind: MatMulKind,
+    (m, k, n): (usize, usize, usize),
+    threads: usize,
+    runs: usize,
+) -> Result<f64> {
+    use crate::model::graph::{Graph, Shapes};
+    use tract_onnx::pb::{
+        tensor_proto::DataType, type_proto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
+        TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    };
+    use tract_onnx::prelude::Tensor;
+
+    let value = |name: &str, dims: &[usize]| ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: DataType::Float as i32,
+                shape: Some(TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|&d| tract_onnx::pb::tensor_shape_proto::Dimension {
+                            value: Some(
+                                tract_onnx::pb::tensor_shape_proto::dimension::Value::DimValue(
+                                    d as i64,
+                                ),
+                            ),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let node = |op: &str, inputs: &[&str], outputs: &[&str]| NodeProto {
+        op_type: op.into(),
+        name: outputs[0].into(),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: outputs.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    // Weights with some spread, so no kernel can take a shortcut on zeros.
+    let weight = |i: usize| ((i * 7919) % 255) as i64 - 127;
+    let (nodes, initializers) = match kind {
+        MatMulKind::F32 => (
+            vec![node("MatMul", &["x", "w"], &["y"])],
+            vec![TensorProto {
+                name: "w".into(),
+                dims: vec![k as i64, n as i64],
+                data_type: DataType::Float as i32,
+                raw_data: (0..k * n)
+                    .flat_map(|i| (weight(i) as f32 / 127.0).to_le_bytes())
+                    .collect(),
+                ..Default::default()
+            }],
+        ),
+        MatMulKind::Int8 => (
+            vec![
+                node("DynamicQuantizeLinear", &["x"], &["xq", "xs", "xz"]),
+                node("MatMulInteger", &["xq", "w", "xz", "wz"], &["acc"]),
+                {
+                    let mut cast = node("Cast", &["acc"], &["accf"]);
+                    cast.attribute.push(tract_onnx::pb::AttributeProto {
+                        name: "to".into(),
+                        i: DataType::Float as i64,
+                        r#type: tract_onnx::pb::attribute_proto::AttributeType::Int as i32,
+                        ..Default::default()
+                    });
+                    cast
+                },
+                node("Mul", &["xs", "ws"], &["scale"]),
+                node("Mul", &["accf", "scale"], &["y"]),
+            ],
+            vec![
+                TensorProto {
+                    name: "w".into(),
+                    dims: vec![k as i64, n as i64],
+                    data_type: DataType::Int8 as i32,
+                    raw_data: (0..k * n).map(|i| weight(i) as i8 as u8).collect(),
+                    ..Default::default()
+                },
+                TensorProto {
+                    name: "wz".into(),
+                    data_type: DataType::Int8 as i32,
+                    raw_data: vec![0],
+                    ..Default::default()
+                },
+                TensorProto {
+                    name: "ws".into(),
+                    data_type: DataType::Float as i32,
+                    raw_data: (1.0f32 / 127.0).to_le_bytes().to_vec(),
+                    ..Default::default()
+                },
+            ],
+        ),
+    };
+    let proto = ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }],
+        graph: Some(GraphProto {
+            name: "matmul".into(),
+            node: nodes,
+            initializer: initializers,
+            input: vec![value("x", &[m, k])],
+            output: vec![value("y", &[m, n])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let label = PathBuf::from(format!("<{kind:?} matmul {m}x{k}x{n}>"));
+    let graph = Graph::prepare(&label, &proto, &Shapes::default(), threads)?;
+    let x: Vec<f32> = (0..m * k)
+        .map(|i| ((i % 97) as f32 - 48.0) / 48.0)
+        .collect();
+    let x = Tensor::from_shape(&[m, k], &x).map_err(|e| crate::Error::graph(&label, e))?;
+    if std::env::var_os("GLANCE_PROFILE_MATMUL").is_some() {
+        for t in graph.profile(|_| Ok(x.clone()))? {
+            eprintln!("{:10.3} ms {} {}", t.seconds * 1e3, t.op, t.node);
+        }
+    }
+    let mut seconds = Vec::with_capacity(runs);
+    for run in 0..=runs.max(1) {
+        let start = Instant::now();
+        graph.run(|_| Ok(x.clone()))?;
+        if run > 0 {
+            seconds.push(start.elapsed().as_secs_f64());
+        }
+    }
+    Ok(2.0 * (m * k * n) as f64 / median(seconds) / 1e9)
+}
+
 struct Sample {
     preprocess_ms: f64,
     encode_ms: f64,
@@ -198,6 +347,14 @@ mod tests {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
         assert_eq!(median(vec![]), 0.0);
+    }
+
+    #[test]
+    fn matmul_throughput_runs_both_kinds() {
+        for kind in [MatMulKind::F32, MatMulKind::Int8] {
+            let gflops = matmul_throughput(kind, (8, 32, 16), 1, 2).unwrap();
+            assert!(gflops > 0.0 && gflops.is_finite());
+        }
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub use decode::{EarlyStopping, GenerationConfig, GenerationOptions, Sequence};
 pub use error::{Error, Result};
 pub use model::encoder::{IdGrid, InputSizes};
 pub use model::layout::{DecoderForm, Dtype};
-pub use model::{ModelDir, OpenOptions};
+pub use model::{Compute, ModelDir, OpenOptions};
 pub use vision::{PixelValues, Rgb8, Size};
 
 use decode::beam::beam_search;
@@ -163,7 +163,11 @@ impl Model {
         let dir = ModelDir::open(dir, options)?;
         let processor = vision::preprocess::load(&dir.root)?;
         let text = Text::load(&dir.root)?;
-        let graphs = Graphs::load(&dir, processor.output_size(), options.threads)?;
+        let runtime = model::Runtime {
+            threads: options.threads,
+            compute: options.compute,
+        };
+        let graphs = Graphs::load(&dir, processor.output_size(), runtime)?;
         Ok(Model {
             dir,
             graphs,

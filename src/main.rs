@@ -10,8 +10,8 @@ use serde_json::json;
 
 use glance::vision::npy;
 use glance::{
-    inputs, DecoderForm, Dtype, EarlyStopping, Error, GenerateOptions, GenerationOptions, Model,
-    OpenOptions, PageMode, PixelValues, Resolution, Rgb8, Size,
+    inputs, Compute, DecoderForm, Dtype, EarlyStopping, Error, GenerateOptions, GenerationOptions,
+    Model, OpenOptions, PageMode, PixelValues, Resolution, Rgb8, Size,
 };
 
 #[derive(Parser)]
@@ -35,6 +35,19 @@ enum Command {
     Caption(Box<CaptionArgs>),
     /// Measure load time, peak memory, and the time of each stage on one image (medians).
     Bench(Box<BenchArgs>),
+    /// Measure tract's f32 and int8 matrix-product throughput on this machine (GFLOP/s), the
+    /// limit each stage of a model is compared with.
+    Matmul {
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Shapes MxKxN to measure (default: a ViT layer, a decoder step, an LM head, 512^3).
+        #[arg(long, value_delimiter = ',')]
+        shapes: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the grid of visual-word ids a discrete visual tokenizer gives each image, as JSON.
     Tokenize(Box<TokenizeArgs>),
     /// Show what glance finds in a model directory: layout, graphs, inputs and outputs.
@@ -57,6 +70,10 @@ struct ModelArgs {
     /// Threads for matrix products (default: the CPUs available).
     #[arg(long)]
     threads: Option<usize>,
+    /// Arithmetic for quantized and fp16 graphs: auto (integer kernels where this CPU runs them
+    /// fast, else f32), f32, int8, or f16 (keep fp16 files in f16).
+    #[arg(long, default_value = "auto")]
+    compute: Compute,
 }
 
 impl ModelArgs {
@@ -68,6 +85,7 @@ impl ModelArgs {
             dtype: self.dtype,
             decoder: self.decoder,
             threads,
+            compute: self.compute,
         }
     }
 }
@@ -312,6 +330,12 @@ fn main() -> ExitCode {
         Command::Caption(args) => caption(&args),
         Command::Tokenize(args) => tokenize(&args),
         Command::Bench(args) => bench(&args),
+        Command::Matmul {
+            threads,
+            runs,
+            shapes,
+            json,
+        } => matmul(threads, runs, &shapes, json),
         Command::Inspect { dir, model } => inspect(&dir, &model.options()),
     };
     match result {
@@ -544,6 +568,47 @@ fn bench(args: &BenchArgs) -> Result<bool, Error> {
         path: "<stdout>".into(),
         source: e,
     })?;
+    Ok(true)
+}
+
+fn matmul(threads: usize, runs: usize, shapes: &[String], json: bool) -> Result<bool, Error> {
+    use glance::bench::{matmul_throughput, MatMulKind};
+    let defaults = ["577x384x1536", "1x256x1024", "1x256x64044", "512x512x512"];
+    let shapes: Vec<&str> = if shapes.is_empty() {
+        defaults.to_vec()
+    } else {
+        shapes.iter().map(String::as_str).collect()
+    };
+    let mut out = std::io::stdout().lock();
+    let io = |e| Error::Io {
+        path: "<stdout>".into(),
+        source: e,
+    };
+    if !json {
+        writeln!(out, "| m x k x n | f32 GFLOP/s | int8 GOP/s | threads |").map_err(io)?;
+        writeln!(out, "|---|---|---|---|").map_err(io)?;
+    }
+    for shape in shapes {
+        let dims: Vec<usize> = shape.split('x').filter_map(|d| d.parse().ok()).collect();
+        let [m, k, n] = dims[..] else {
+            return Err(Error::Option(format!(
+                "--shapes: {shape:?} is not MxKxN, such as 577x384x1536"
+            )));
+        };
+        if m * k * n == 0 || m * k * n > 1 << 34 {
+            return Err(Error::Option(format!(
+                "--shapes: {shape} is empty or too large"
+            )));
+        }
+        let f32 = matmul_throughput(MatMulKind::F32, (m, k, n), threads, runs)?;
+        let i8 = matmul_throughput(MatMulKind::Int8, (m, k, n), threads, runs)?;
+        if json {
+            writeln!(out, "{}", json!({"m": m, "k": k, "n": n, "threads": threads, "f32_gflops": f32, "int8_gops": i8}))
+                .map_err(io)?;
+        } else {
+            writeln!(out, "| {m} x {k} x {n} | {f32:.1} | {i8:.1} | {threads} |").map_err(io)?;
+        }
+    }
     Ok(true)
 }
 

@@ -4,19 +4,24 @@
 mod common;
 
 use common::*;
-use glance::{DecoderForm, Dtype, GenerateOptions, GenerationOptions, Model, OpenOptions};
+use glance::{Compute, DecoderForm, Dtype, GenerateOptions, GenerationOptions, Model, OpenOptions};
 use serde_json::Value;
 
 const FORMS: [DecoderForm; 3] = [DecoderForm::Split, DecoderForm::Merged, DecoderForm::NoPast];
 const LAYOUTS: [Layout; 2] = [Layout::Optimum, Layout::TransformersJs];
 
 fn open(dir: &std::path::Path, dtype: Dtype) -> Model {
+    open_with(dir, dtype, Compute::Auto)
+}
+
+fn open_with(dir: &std::path::Path, dtype: Dtype, compute: Compute) -> Model {
     Model::open(
         dir,
         &OpenOptions {
             dtype: Some(dtype),
             decoder: None,
             threads: 1,
+            compute,
         },
     )
     .unwrap_or_else(|e| panic!("opening {}: {e}", dir.display()))
@@ -151,9 +156,21 @@ fn quantized_and_fp16_match_the_onnx_reference_and_onnxruntime() {
                 .filter(|r| r["dtype"] == dtype.name())
                 .collect();
             assert!(!records.is_empty(), "{arch} has no {dtype} oracle");
-            for form in [DecoderForm::Split, DecoderForm::Merged] {
+            // The file's own arithmetic (tract's integer kernels, f16), and f32 (what `auto`
+            // picks on CPUs where those are slow).
+            let native = if dtype == Dtype::Fp16 {
+                Compute::F16
+            } else {
+                Compute::Int8
+            };
+            let runs = [
+                (DecoderForm::Split, native),
+                (DecoderForm::Merged, native),
+                (DecoderForm::Merged, Compute::F32),
+            ];
+            for (form, compute) in runs {
                 let dir = assemble(arch, dtype, form, Layout::Optimum);
-                let model = open(dir.path(), dtype);
+                let model = open_with(dir.path(), dtype, compute);
                 let (mut here_ref, mut here_ort) = (0, 0);
                 for r in &records {
                     let image = r["image"].as_str().unwrap();
@@ -170,7 +187,7 @@ fn quantized_and_fp16_match_the_onnx_reference_and_onnxruntime() {
                     let reference = strip_padding(&token_list(&r["reference_tokens"]), 1, &eos);
                     let ort = strip_padding(&token_list(&r["tokens"]), 1, &eos);
                     total += 1;
-                    let name = format!("{arch} {dtype} {} {image}", form.name());
+                    let name = format!("{arch} {dtype} {} {compute} {image}", form.name());
                     if got == reference {
                         same_ref += 1;
                         here_ref += 1;
@@ -200,7 +217,7 @@ fn quantized_and_fp16_match_the_onnx_reference_and_onnxruntime() {
                     }
                 }
                 lines.push(format!(
-                    "{arch:8} {dtype:5} {:6}: {here_ref}/{n} identical to the reference, {here_ort}/{n} to onnxruntime",
+                    "{arch:8} {dtype:5} {:6} {compute:4}: {here_ref}/{n} identical to the reference, {here_ort}/{n} to onnxruntime",
                     form.name(),
                     n = records.len()
                 ));

@@ -18,7 +18,7 @@ use tract_onnx::prelude::*;
 
 use super::graph::{self, Graph, NodeTime, Shapes};
 use super::position::{InGraph, PositionEmbeddings};
-use super::{names, prepare_proto, ModelDir};
+use super::{names, prepare_proto, ModelDir, Runtime};
 use crate::error::{Error, Result};
 use crate::vision::npy;
 use crate::vision::{PixelValues, Size};
@@ -168,18 +168,18 @@ pub struct IdGrid {
 struct Plans {
     path: PathBuf,
     input: &'static str,
-    threads: usize,
+    rt: Runtime,
     /// A ViT's own position table and its patch size: rewritten for each grid.
     position: Option<(InGraph, Size)>,
     made: Mutex<Vec<(Vec<usize>, Graph)>>,
 }
 
 impl Plans {
-    fn new(path: &Path, input: &'static str, threads: usize) -> Plans {
+    fn new(path: &Path, input: &'static str, rt: Runtime) -> Plans {
         Plans {
             path: path.to_path_buf(),
             input,
-            threads,
+            rt,
             position: None,
             made: Mutex::new(Vec::new()),
         }
@@ -195,7 +195,7 @@ impl Plans {
             return Ok(g.clone());
         }
         let mut proto = graph::read_proto(&self.path)?;
-        prepare_proto(&mut proto);
+        prepare_proto(&mut proto, &self.path, self.rt.compute)?;
         if let (Some((table, patch)), Some(g)) = (&self.position, proto.graph.as_mut()) {
             let grid = (shape[2] / patch.height, shape[3] / patch.width);
             if grid != (table.table.rows, table.table.cols) {
@@ -210,7 +210,7 @@ impl Plans {
                 .collect(),
             batch_of_one: false,
         };
-        let g = Graph::prepare(&self.path, &proto, &shapes, self.threads)?;
+        let g = Graph::prepare(&self.path, &proto, &shapes, self.rt.threads)?;
         let extra = g
             .inputs
             .iter()
@@ -288,7 +288,7 @@ pub struct Encoder {
 impl Encoder {
     /// Loads the stages of `dir`; `native` is the size its image processor produces, whose plan
     /// is made at once.
-    pub fn load(dir: &ModelDir, native: Option<Size>, threads: usize) -> Result<Encoder> {
+    pub fn load(dir: &ModelDir, native: Option<Size>, rt: Runtime) -> Result<Encoder> {
         let files = &dir.files;
         let encoder_config = dir.config.section("encoder")?;
         let pair = |key: &str| -> Result<Option<Size>> {
@@ -309,7 +309,7 @@ impl Encoder {
         };
         let (stages, sizes) = match &files.visual_tokenizer {
             None => {
-                let mut plans = Plans::new(&files.encoder, names::PIXEL_VALUES, threads);
+                let mut plans = Plans::new(&files.encoder, names::PIXEL_VALUES, rt);
                 let mut sizes = InputSizes::Native(native);
                 if let Some((patch, image, cells)) = grid {
                     let proto = graph::read_proto(&files.encoder)?;
@@ -340,7 +340,7 @@ impl Encoder {
                 (Stages::Pixels(plans), sizes)
             }
             Some(tokenizer_path) => {
-                let tokenizer = Plans::new(tokenizer_path, names::PIXEL_VALUES, threads);
+                let tokenizer = Plans::new(tokenizer_path, names::PIXEL_VALUES, rt);
                 let inputs = graph_inputs(&files.encoder)?;
                 if inputs.iter().any(|n| n == INPUTS_EMBEDS) {
                     let (patch, image, cells) = grid.ok_or_else(|| {
@@ -367,7 +367,7 @@ impl Encoder {
                             position,
                             patch,
                             tables: Mutex::new(Vec::new()),
-                            encoder: Plans::new(&files.encoder, INPUTS_EMBEDS, threads),
+                            encoder: Plans::new(&files.encoder, INPUTS_EMBEDS, rt),
                         },
                         InputSizes::Patches {
                             patch,
@@ -380,7 +380,7 @@ impl Encoder {
                         Stages::Discrete {
                             tokenizer,
                             codebook,
-                            encoder: Plans::new(&files.encoder, names::INPUT_IDS, threads),
+                            encoder: Plans::new(&files.encoder, names::INPUT_IDS, rt),
                         },
                         InputSizes::Multiple { unit: 1 },
                     )

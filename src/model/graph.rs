@@ -140,9 +140,12 @@ impl Graph {
         // Exporters' value_info annotations sometimes contradict what tract infers
         // (tract-hf-recipes.md, item 5); tract's own inference is enough.
         let onnx = tract_onnx::onnx().with_ignore_value_info(true);
-        // External references in the proto (see `read_proto`) are resolved against this.
-        let (dir, _) = canonical(path)?;
-        let parsed = onnx.parse(proto, dir.to_str()).map_err(fail)?;
+        // External references in the proto (see `read_proto`) are resolved against this; a
+        // graph made in memory has none.
+        let dir = canonical(path).ok().map(|(dir, _)| dir);
+        let parsed = onnx
+            .parse(proto, dir.as_deref().and_then(Path::to_str))
+            .map_err(fail)?;
         if !parsed.unresolved_inputs.is_empty() {
             return Err(Error::graph(
                 path,

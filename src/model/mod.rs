@@ -1,5 +1,6 @@
 //! A model directory: its configs, its graphs, and the tract plans made from them.
 
+pub mod compute;
 pub mod encoder;
 pub mod external;
 pub mod graph;
@@ -12,6 +13,7 @@ pub mod surgery;
 use std::path::{Path, PathBuf};
 use tract_onnx::pb::ModelProto;
 
+pub use self::compute::Compute;
 pub use self::encoder::Encoder;
 use self::graph::{Graph, Shapes};
 use self::json::JsonFile;
@@ -31,6 +33,15 @@ pub struct OpenOptions {
     pub decoder: Option<DecoderForm>,
     /// Threads for tract's matrix products; 0 or 1 runs on the calling thread.
     pub threads: usize,
+    /// The arithmetic of quantized and fp16 graphs (default: what this CPU runs fastest).
+    pub compute: Compute,
+}
+
+/// How graphs are prepared: the parts of [`OpenOptions`] every graph needs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Runtime {
+    pub threads: usize,
+    pub compute: Compute,
 }
 
 /// A model directory whose configs were read and whose graph files were found.
@@ -83,11 +94,21 @@ impl ModelDir {
     }
 }
 
-/// Edits every graph needs before tract parses it.
-fn prepare_proto(proto: &mut ModelProto) {
-    if let Some(g) = proto.graph.as_mut() {
-        surgery::gemm_to_matmul(g);
+/// Edits every graph needs before tract parses it: tract-hf-recipes.md's rewrites, and the
+/// arithmetic `compute` asks for.
+fn prepare_proto(proto: &mut ModelProto, path: &Path, compute: Compute) -> Result<()> {
+    let Some(g) = proto.graph.as_mut() else {
+        return Ok(());
+    };
+    surgery::gemm_to_matmul(g);
+    let bytes: &compute::Bytes = &|t| graph::tensor_bytes(t, path);
+    if !compute.keeps_f16() {
+        compute::f16_to_f32(g, bytes)?;
     }
+    if !compute.keeps_integers() {
+        compute::integers_to_f32(g, bytes)?;
+    }
+    Ok(())
 }
 
 /// What a decoder graph is loaded for.
@@ -107,7 +128,7 @@ fn prepare_decoder(
     mut proto: ModelProto,
     branch: Option<Branch>,
     role: Role,
-    threads: usize,
+    rt: Runtime,
 ) -> Result<Graph> {
     let g = proto
         .graph
@@ -135,9 +156,9 @@ fn prepare_decoder(
         Role::First => {}
     }
     surgery::prune_inputs(g);
-    prepare_proto(&mut proto);
+    prepare_proto(&mut proto, path, rt.compute)?;
     let shapes = Shapes::default();
-    match Graph::prepare(path, &proto, &shapes, threads) {
+    match Graph::prepare(path, &proto, &shapes, rt.threads) {
         Ok(g) => Ok(g),
         // Some GPT-2 graphs only type with a concrete batch (tract-hf-recipes.md item 6):
         // fall back to running rows one at a time.
@@ -146,7 +167,7 @@ fn prepare_decoder(
                 batch_of_one: true,
                 ..Shapes::default()
             };
-            Graph::prepare(path, &proto, &one, threads).map_err(|_| first)
+            Graph::prepare(path, &proto, &one, rt.threads).map_err(|_| first)
         }
     }
 }
@@ -157,10 +178,10 @@ fn prepare_decoder(
 /// self-attention cache, so that the decoder weights are held once; the cross-attention cache
 /// it needs at that step comes from a small graph cut out of the first-step graph (GPT-2-style
 /// decoders, which take `encoder_hidden_states` at every step, need none).
-fn load_decoder(files: &DecoderFiles, threads: usize) -> Result<Decoder> {
+fn load_decoder(files: &DecoderFiles, rt: Runtime) -> Result<Decoder> {
     let (with_past, first_path, branch) = match files {
         DecoderFiles::NoPast(path) => {
-            let g = prepare_decoder(path, graph::read_proto(path)?, None, Role::First, threads)?;
+            let g = prepare_decoder(path, graph::read_proto(path)?, None, Role::First, rt)?;
             return Decoder::new(Steps::NoPast(g));
         }
         DecoderFiles::Split { first, with_past } => (
@@ -169,7 +190,7 @@ fn load_decoder(files: &DecoderFiles, threads: usize) -> Result<Decoder> {
                 graph::read_proto(with_past)?,
                 None,
                 Role::WithPast,
-                threads,
+                rt,
             )?,
             first,
             None,
@@ -180,7 +201,7 @@ fn load_decoder(files: &DecoderFiles, threads: usize) -> Result<Decoder> {
                 graph::read_proto(path)?,
                 Some(Branch::Cache),
                 Role::WithPast,
-                threads,
+                rt,
             )?,
             path,
             Some(Branch::NoCache),
@@ -197,7 +218,7 @@ fn load_decoder(files: &DecoderFiles, threads: usize) -> Result<Decoder> {
             first_proto()?,
             branch,
             Role::CrossCache,
-            threads,
+            rt,
         )?)
     } else {
         None
@@ -205,7 +226,7 @@ fn load_decoder(files: &DecoderFiles, threads: usize) -> Result<Decoder> {
     if Steps::can_share(&with_past, cross.as_ref()) {
         return Decoder::new(Steps::Shared { with_past, cross });
     }
-    let first = prepare_decoder(first_path, first_proto()?, branch, Role::First, threads)?;
+    let first = prepare_decoder(first_path, first_proto()?, branch, Role::First, rt)?;
     Decoder::new(Steps::Split { first, with_past })
 }
 
@@ -217,9 +238,9 @@ pub struct Graphs {
 }
 
 impl Graphs {
-    pub fn load(dir: &ModelDir, encoder_size: Option<Size>, threads: usize) -> Result<Graphs> {
-        let encoder = Encoder::load(dir, encoder_size, threads)?;
-        let decoder = load_decoder(&dir.files.decoder, threads)?;
+    pub fn load(dir: &ModelDir, encoder_size: Option<Size>, rt: Runtime) -> Result<Graphs> {
+        let encoder = Encoder::load(dir, encoder_size, rt)?;
+        let decoder = load_decoder(&dir.files.decoder, rt)?;
         Ok(Graphs { encoder, decoder })
     }
 }

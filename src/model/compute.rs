@@ -1,0 +1,349 @@
+//! What arithmetic a graph runs in, and the graph rewrites that choose it.
+//!
+//! Quantized exports (DynamicQuantizeLinear + MatMulInteger / ConvInteger) run on tract's
+//! integer kernels, which are fast on aarch64 and on x86 CPUs with VNNI, but on x86 with AVX2
+//! alone tract's int8 kernel reaches about 1 GOP/s against about 45 GFLOP/s for f32 (`glance
+//! matmul`). There glance computes the integer products in f32 instead: the activations are still
+//! quantized exactly as the specification says, and the integer weights (minus their zero
+//! point) become f32 weights, so every product is the same integer; only the order of the
+//! f32 sums differs from an i32 accumulator. fp16 exports become f32 graphs on CPUs without
+//! fp16 arithmetic, where tract would emulate it.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::fmt;
+use std::str::FromStr;
+
+use half::f16;
+use tract_onnx::pb::{
+    attribute_proto::AttributeType, tensor_proto::DataType, type_proto, AttributeProto, GraphProto,
+    NodeProto, TensorProto,
+};
+
+use crate::error::{Error, Result};
+
+/// How a model's arithmetic is done (`--compute`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compute {
+    /// Integer kernels where this CPU runs them fast, f32 elsewhere; fp16 files in f32.
+    #[default]
+    Auto,
+    /// Everything in f32: integer weights and fp16 files are widened at load.
+    F32,
+    /// Quantized files on tract's integer kernels, whatever the CPU.
+    Int8,
+    /// fp16 files kept in f16 (for CPUs with fp16 arithmetic, such as aarch64 with FEAT_FP16).
+    F16,
+}
+
+impl Compute {
+    /// Whether integer matrix products stay integer on this machine.
+    pub fn keeps_integers(self) -> bool {
+        match self {
+            Compute::Int8 => true,
+            Compute::F32 => false,
+            Compute::Auto | Compute::F16 => int8_is_fast(),
+        }
+    }
+
+    /// Whether fp16 graphs stay f16.
+    pub fn keeps_f16(self) -> bool {
+        self == Compute::F16
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Compute::Auto => "auto",
+            Compute::F32 => "f32",
+            Compute::Int8 => "int8",
+            Compute::F16 => "f16",
+        }
+    }
+}
+
+impl fmt::Display for Compute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Compute {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Compute> {
+        match s {
+            "auto" => Ok(Compute::Auto),
+            "f32" => Ok(Compute::F32),
+            "int8" => Ok(Compute::Int8),
+            "f16" => Ok(Compute::F16),
+            _ => Err(Error::Option(format!(
+                "--compute {s:?}: expected auto, f32, int8 or f16"
+            ))),
+        }
+    }
+}
+
+/// Whether tract has fast int8 kernels for this CPU: aarch64 and armv7 (NEON), x86 with
+/// AVX-512 VNNI or AVX-VNNI.
+pub fn int8_is_fast() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512vnni")
+            || std::arch::is_x86_feature_detected!("avxvnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        true
+    }
+}
+
+/// The bytes of an initializer, inline or from the graph's file.
+pub type Bytes<'a> = dyn for<'t> Fn(&'t TensorProto) -> Result<Cow<'t, [u8]>> + 'a;
+
+/// Rewrites every `MatMulInteger` and `ConvInteger` whose weights are initializers (and whose
+/// result is only cast to float, as quantized exports do) into the f32 `MatMul` / `Conv` of the
+/// same integers. Returns how many were rewritten.
+pub fn integers_to_f32(graph: &mut GraphProto, bytes: &Bytes) -> Result<usize> {
+    let casts_to_float: HashSet<&str> = graph
+        .node
+        .iter()
+        .filter(|n| n.op_type == "Cast" && attr_i(n, "to") == Some(DataType::Float as i64))
+        .filter_map(|n| n.input.first().map(String::as_str))
+        .collect();
+    let mut plan = Vec::new();
+    for (at, node) in graph.node.iter().enumerate() {
+        let op = node.op_type.as_str();
+        if op != "MatMulInteger" && op != "ConvInteger" {
+            continue;
+        }
+        let (Some(out), Some(w)) = (node.output.first(), node.input.get(1)) else {
+            continue;
+        };
+        let only_cast = casts_to_float.contains(out.as_str())
+            && graph
+                .node
+                .iter()
+                .filter(|n| n.input.contains(out))
+                .all(|n| n.op_type == "Cast")
+            && !graph.output.iter().any(|o| &o.name == out);
+        let weight = find(graph, w);
+        let zero = node.input.get(3).filter(|z| !z.is_empty());
+        let zero_ok = zero.is_none_or(|z| find(graph, z).is_some());
+        if only_cast && weight.is_some() && zero_ok {
+            plan.push(at);
+        }
+    }
+    let mut made: HashSet<String> = HashSet::new();
+    let mut new_inits = Vec::new();
+    let mut replaced = 0;
+    for &at in plan.iter().rev() {
+        let node = graph.node[at].clone();
+        let w_name = &node.input[1];
+        let f32_name = format!("{w_name}.glance_f32");
+        if !made.contains(&f32_name) {
+            let w = find(graph, w_name).ok_or_else(|| Error::Option(w_name.clone()))?;
+            let zero = node
+                .input
+                .get(3)
+                .filter(|z| !z.is_empty())
+                .and_then(|z| find(graph, z));
+            let conv = node.op_type == "ConvInteger";
+            new_inits.push(widened(w, zero, conv, &f32_name, bytes)?);
+            made.insert(f32_name.clone());
+        }
+        let out = &node.output[0];
+        let cast = |input: &str, output: String| {
+            let mut n = simple("Cast", &[input], &output);
+            n.attribute.push(AttributeProto {
+                name: "to".into(),
+                r#type: AttributeType::Int as i32,
+                i: DataType::Float as i64,
+                ..Default::default()
+            });
+            n
+        };
+        let mut nodes = vec![cast(&node.input[0], format!("{out}.glance_x"))];
+        let mut x = format!("{out}.glance_x");
+        if let Some(zp) = node.input.get(2).filter(|z| !z.is_empty()) {
+            nodes.push(cast(zp, format!("{out}.glance_xzp")));
+            nodes.push(simple(
+                "Sub",
+                &[&x, &format!("{out}.glance_xzp")],
+                &format!("{out}.glance_xc"),
+            ));
+            x = format!("{out}.glance_xc");
+        }
+        let mut product = simple(
+            if node.op_type == "ConvInteger" {
+                "Conv"
+            } else {
+                "MatMul"
+            },
+            &[&x, &f32_name],
+            out,
+        );
+        product.attribute = node.attribute.clone();
+        nodes.push(product);
+        for (i, n) in nodes.iter_mut().enumerate() {
+            n.name = format!("{}/glance_f32_{i}", node.name);
+        }
+        graph.node.splice(at..=at, nodes);
+        replaced += 1;
+    }
+    graph.initializer.extend(new_inits);
+    // The integer weights are no longer read: drop them so tract never loads them.
+    let read: HashSet<String> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.input.iter().cloned())
+        .collect();
+    graph
+        .initializer
+        .retain(|t| read.contains(&t.name) || graph.output.iter().any(|o| o.name == t.name));
+    Ok(replaced)
+}
+
+/// `(w - zero_point)` as an f32 initializer. The zero point is per tensor, or per output
+/// column (MatMulInteger, axis -1) / per output channel (ConvInteger, axis 0).
+fn widened(
+    w: &TensorProto,
+    zero: Option<&TensorProto>,
+    conv: bool,
+    name: &str,
+    bytes: &Bytes,
+) -> Result<TensorProto> {
+    let bad = |msg: String| Error::Generation(format!("weights {}: {msg}", w.name));
+    let values = integers(w, &bytes(w)?).ok_or_else(|| bad("not int8 or uint8".into()))?;
+    let zeros = match zero {
+        Some(z) => integers(z, &bytes(z)?).ok_or_else(|| bad("zero point not 8-bit".into()))?,
+        None => vec![0],
+    };
+    let dims: Vec<usize> = w.dims.iter().map(|&d| d.max(0) as usize).collect();
+    if dims.iter().product::<usize>() != values.len() || dims.is_empty() {
+        return Err(bad(format!("{} values for dims {dims:?}", values.len())));
+    }
+    let per = zeros.len();
+    let zero_of = |i: usize| -> Result<i32> {
+        if per == 1 {
+            return Ok(zeros[0]);
+        }
+        let axis_len = if conv { dims[0] } else { dims[dims.len() - 1] };
+        if per != axis_len {
+            return Err(bad(format!("{per} zero points for an axis of {axis_len}")));
+        }
+        Ok(if conv {
+            zeros[i / (values.len() / dims[0])]
+        } else {
+            zeros[i % axis_len]
+        })
+    };
+    let mut raw = Vec::with_capacity(values.len() * 4);
+    for (i, v) in values.iter().enumerate() {
+        raw.extend_from_slice(&((v - zero_of(i)?) as f32).to_le_bytes());
+    }
+    Ok(TensorProto {
+        name: name.into(),
+        dims: w.dims.clone(),
+        data_type: DataType::Float as i32,
+        raw_data: raw,
+        ..Default::default()
+    })
+}
+
+fn integers(t: &TensorProto, raw: &[u8]) -> Option<Vec<i32>> {
+    let from_raw = !raw.is_empty();
+    match DataType::try_from(t.data_type).ok()? {
+        DataType::Int8 if from_raw => Some(raw.iter().map(|&b| b as i8 as i32).collect()),
+        DataType::Uint8 if from_raw => Some(raw.iter().map(|&b| b as i32).collect()),
+        DataType::Int8 | DataType::Uint8 => Some(t.int32_data.clone()),
+        _ => None,
+    }
+}
+
+/// Turns an fp16 graph into an f32 one: initializers, constants, casts to f16, and the types
+/// of its inputs and outputs. Returns whether anything was f16.
+pub fn f16_to_f32(graph: &mut GraphProto, bytes: &Bytes) -> Result<bool> {
+    let mut changed = false;
+    for t in graph.initializer.iter_mut() {
+        changed |= tensor_to_f32(t, bytes)?;
+    }
+    for node in graph.node.iter_mut() {
+        for attr in node.attribute.iter_mut() {
+            if let Some(t) = attr.t.as_mut() {
+                changed |= tensor_to_f32(t, bytes)?;
+            }
+            if let Some(g) = attr.g.as_mut() {
+                changed |= f16_to_f32(g, bytes)?;
+            }
+            for g in attr.graphs.iter_mut() {
+                changed |= f16_to_f32(g, bytes)?;
+            }
+        }
+        let casts_to_f16 = matches!(node.op_type.as_str(), "Cast" | "EyeLike" | "RandomNormal")
+            && attr_i(node, "to").or(attr_i(node, "dtype")) == Some(DataType::Float16 as i64);
+        if casts_to_f16 {
+            for attr in node.attribute.iter_mut() {
+                if (attr.name == "to" || attr.name == "dtype") && attr.i == DataType::Float16 as i64
+                {
+                    attr.i = DataType::Float as i64;
+                    changed = true;
+                }
+            }
+        }
+    }
+    for v in graph
+        .input
+        .iter_mut()
+        .chain(graph.output.iter_mut())
+        .chain(graph.value_info.iter_mut())
+    {
+        if let Some(type_proto::Value::TensorType(t)) =
+            v.r#type.as_mut().and_then(|t| t.value.as_mut())
+        {
+            if t.elem_type == DataType::Float16 as i32 {
+                t.elem_type = DataType::Float as i32;
+                changed = true;
+            }
+        }
+    }
+    Ok(changed)
+}
+
+fn tensor_to_f32(t: &mut TensorProto, bytes: &Bytes) -> Result<bool> {
+    if t.data_type != DataType::Float16 as i32 {
+        return Ok(false);
+    }
+    let raw = bytes(t)?;
+    let values: Vec<f32> = if raw.is_empty() {
+        t.int32_data
+            .iter()
+            .map(|&v| f16::from_bits(v as u16).to_f32())
+            .collect()
+    } else {
+        raw.chunks_exact(2)
+            .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect()
+    };
+    t.raw_data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    t.int32_data.clear();
+    t.external_data.clear();
+    t.data_location = None;
+    t.data_type = DataType::Float as i32;
+    Ok(true)
+}
+
+fn find<'g>(graph: &'g GraphProto, name: &str) -> Option<&'g TensorProto> {
+    graph.initializer.iter().find(|t| t.name == name)
+}
+
+fn attr_i(node: &NodeProto, name: &str) -> Option<i64> {
+    node.attribute.iter().find(|a| a.name == name).map(|a| a.i)
+}
+
+fn simple(op: &str, inputs: &[&str], output: &str) -> NodeProto {
+    NodeProto {
+        op_type: op.into(),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.to_string()],
+        ..Default::default()
+    }
+}
