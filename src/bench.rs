@@ -285,11 +285,6 @@ pub fn matmul_throughput(
         .map(|i| ((i % 97) as f32 - 48.0) / 48.0)
         .collect();
     let x = Tensor::from_shape(&[m, k], &x).map_err(|e| crate::Error::graph(&label, e))?;
-    if std::env::var_os("GLANCE_PROFILE_MATMUL").is_some() {
-        for t in graph.profile(|_| Ok(x.clone()))? {
-            eprintln!("{:10.3} ms {} {}", t.seconds * 1e3, t.op, t.node);
-        }
-    }
     let mut seconds = Vec::with_capacity(runs);
     for run in 0..=runs.max(1) {
         let start = Instant::now();
