@@ -20,6 +20,8 @@ pub struct Port {
     pub dt: DatumType,
     /// Concrete dimensions, `None` where the graph keeps a symbol (batch, sequence lengths).
     pub shape: Vec<Option<usize>>,
+    /// Every dimension as tract writes it: a number, a symbol (`batch_size`), or an expression.
+    pub dims: Vec<String>,
 }
 
 impl Port {
@@ -30,6 +32,50 @@ impl Port {
             .map(|d| d.map_or("?".to_string(), |d| d.to_string()))
             .collect();
         format!("{} {:?}[{}]", self.name, self.dt, dims.join(","))
+    }
+}
+
+/// An ONNX graph input declaring `name` with the type of `port` (symbolic dimensions keep
+/// their symbol where it is a plain name, so that tract identifies them with the graph's own).
+pub fn value_info(name: &str, port: &Port) -> tract_onnx::pb::ValueInfoProto {
+    use tract_onnx::pb::tensor_shape_proto::{dimension::Value as Dim, Dimension};
+    use tract_onnx::pb::{tensor_proto::DataType, type_proto, TensorShapeProto, TypeProto};
+    let elem_type = match port.dt {
+        DatumType::F16 => DataType::Float16,
+        DatumType::F64 => DataType::Double,
+        DatumType::I64 => DataType::Int64,
+        DatumType::I32 => DataType::Int32,
+        DatumType::Bool => DataType::Bool,
+        _ => DataType::Float,
+    } as i32;
+    let dim = |(axis, (size, text)): (usize, (&Option<usize>, &String))| Dimension {
+        value: Some(match size {
+            Some(n) => Dim::DimValue(*n as i64),
+            None if text.chars().all(|c| c.is_alphanumeric() || c == '_') => {
+                Dim::DimParam(text.clone())
+            }
+            None => Dim::DimParam(format!("{name}_{axis}")),
+        }),
+        ..Default::default()
+    };
+    tract_onnx::pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type,
+                shape: Some(TensorShapeProto {
+                    dim: port
+                        .shape
+                        .iter()
+                        .zip(&port.dims)
+                        .enumerate()
+                        .map(dim)
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
     }
 }
 
@@ -200,6 +246,7 @@ impl Graph {
                 .iter()
                 .map(|d| d.as_i64().map(|v| v as usize))
                 .collect(),
+            dims: fact.shape.iter().map(|d| d.to_string()).collect(),
         };
         let inputs = input_names
             .iter()

@@ -122,14 +122,13 @@ enum Role {
     CrossCache,
 }
 
-/// Prepares one decoder graph of `proto` (`branch`: which side of a merged file).
-fn prepare_decoder(
+/// Edits one decoder graph of `proto` for its role (`branch`: which side of a merged file).
+fn edit_decoder(
     path: &Path,
     mut proto: ModelProto,
     branch: Option<Branch>,
     role: Role,
-    rt: Runtime,
-) -> Result<Graph> {
+) -> Result<ModelProto> {
     let g = proto
         .graph
         .as_mut()
@@ -156,9 +155,13 @@ fn prepare_decoder(
         Role::First => {}
     }
     surgery::prune_inputs(g);
+    Ok(proto)
+}
+
+/// Makes the tract plan of an edited decoder graph.
+fn plan_decoder(path: &Path, mut proto: ModelProto, rt: Runtime) -> Result<Graph> {
     prepare_proto(&mut proto, path, rt.compute)?;
-    let shapes = Shapes::default();
-    match Graph::prepare(path, &proto, &shapes, rt.threads) {
+    match Graph::prepare(path, &proto, &Shapes::default(), rt.threads) {
         Ok(g) => Ok(g),
         // Some GPT-2 graphs only type with a concrete batch (tract-hf-recipes.md item 6):
         // fall back to running rows one at a time.
@@ -172,56 +175,139 @@ fn prepare_decoder(
     }
 }
 
+fn prepare_decoder(
+    path: &Path,
+    proto: ModelProto,
+    branch: Option<Branch>,
+    role: Role,
+    rt: Runtime,
+) -> Result<Graph> {
+    plan_decoder(path, edit_decoder(path, proto, branch, role)?, rt)
+}
+
+/// A step graph that takes `encoder_hidden_states` at every step (GPT-2 with cross-attention)
+/// recomputes the cross-attention keys and values from them each time: about 2.8 GMAC per token
+/// at GPT-2 base size. Those values are cut out into a graph run once per image, whose outputs
+/// the step graph then reads like a cross-attention cache (`past_key_values.glance.{j}.encoder.value`).
+/// Returns the step graph and the cut, or the step graph alone when there is nothing to cut or
+/// the cut graphs do not load.
+fn cut_encoder_only(path: &Path, step: ModelProto, rt: Runtime) -> Result<(Graph, Option<Graph>)> {
+    let cut = step.graph.as_ref().and_then(|g| {
+        surgery::encoder_only(g, names::ENCODER_HIDDEN_STATES, |j| {
+            format!("present.glance.{j}.encoder.value")
+        })
+    });
+    let Some(cut) = cut else {
+        return Ok((plan_decoder(path, step, rt)?, None));
+    };
+    let attempt = || -> Result<(Graph, Graph)> {
+        let mut cut_proto = ModelProto {
+            graph: None,
+            ..step.clone()
+        };
+        cut_proto.graph = Some(cut.graph.clone());
+        let cross = plan_decoder(path, cut_proto, rt)?;
+        let renames: Vec<(String, String)> = cut
+            .outputs
+            .iter()
+            .map(|(value, out)| {
+                (
+                    value.clone(),
+                    out.replacen("present.", "past_key_values.", 1),
+                )
+            })
+            .collect();
+        let inputs = renames
+            .iter()
+            .zip(&cut.outputs)
+            .map(|((_, input), (_, out))| {
+                let port = cross
+                    .outputs
+                    .iter()
+                    .find(|p| &p.name == out)
+                    .ok_or_else(|| Error::graph(path, format!("the cut lost {out}")))?;
+                Ok(graph::value_info(input, port))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut cut_step = step.clone();
+        if let Some(g) = cut_step.graph.as_mut() {
+            surgery::read_instead(g, &renames, inputs);
+        }
+        Ok((plan_decoder(path, cut_step, rt)?, cross))
+    };
+    match attempt() {
+        Ok((with_past, cross)) => Ok((with_past, Some(cross))),
+        Err(e) => {
+            log::debug!(
+                "{}: keeping the cross-attention in the step graph ({e})",
+                path.display()
+            );
+            Ok((plan_decoder(path, step, rt)?, None))
+        }
+    }
+}
+
 /// Loads the decoder graphs of any of the three forms.
 ///
 /// With a KV cache, the with-past graph also runs the first step, from an empty
 /// self-attention cache, so that the decoder weights are held once; the cross-attention cache
-/// it needs at that step comes from a small graph cut out of the first-step graph (GPT-2-style
-/// decoders, which take `encoder_hidden_states` at every step, need none).
+/// it needs comes from a small graph cut out of the first-step graph, or, for GPT-2-style
+/// decoders that recompute it from `encoder_hidden_states` at every step, out of the step
+/// graph itself ([`cut_encoder_only`]).
 fn load_decoder(files: &DecoderFiles, rt: Runtime) -> Result<Decoder> {
-    let (with_past, first_path, branch) = match files {
+    let (step_path, step, first_path, branch) = match files {
         DecoderFiles::NoPast(path) => {
             let g = prepare_decoder(path, graph::read_proto(path)?, None, Role::First, rt)?;
             return Decoder::new(Steps::NoPast(g));
         }
         DecoderFiles::Split { first, with_past } => (
-            prepare_decoder(
+            with_past,
+            edit_decoder(
                 with_past,
                 graph::read_proto(with_past)?,
                 None,
                 Role::WithPast,
-                rt,
             )?,
             first,
             None,
         ),
         DecoderFiles::Merged(path) => (
-            prepare_decoder(
+            path,
+            edit_decoder(
                 path,
                 graph::read_proto(path)?,
                 Some(Branch::Cache),
                 Role::WithPast,
-                rt,
             )?,
             path,
             Some(Branch::NoCache),
         ),
+    };
+    let takes_states = step.graph.as_ref().is_some_and(|g| {
+        g.input
+            .iter()
+            .any(|i| i.name == names::ENCODER_HIDDEN_STATES)
+    });
+    let (with_past, cut) = if takes_states {
+        cut_encoder_only(step_path, step, rt)?
+    } else {
+        (plan_decoder(step_path, step, rt)?, None)
     };
     let first_proto = || graph::read_proto(first_path);
     let needs_cross = with_past
         .inputs
         .iter()
         .any(|p| names::past_key(&p.name).is_some_and(names::is_cross_attention));
-    let cross = if needs_cross {
-        Some(prepare_decoder(
+    let cross = match cut {
+        Some(cut) => Some(cut),
+        None if needs_cross => Some(prepare_decoder(
             first_path,
             first_proto()?,
             branch,
             Role::CrossCache,
             rt,
-        )?)
-    } else {
-        None
+        )?),
+        None => None,
     };
     if Steps::can_share(&with_past, cross.as_ref()) {
         return Decoder::new(Steps::Shared { with_past, cross });

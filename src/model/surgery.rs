@@ -165,6 +165,130 @@ pub fn prune_dead(graph: &mut GraphProto) {
     prune_inputs(graph);
 }
 
+/// The values a decoder step graph computes from `source` (`encoder_hidden_states`) and
+/// constants alone, which are the same at every step: GPT-2's cross-attention keys and values,
+/// recomputed from the encoder states at every step by its export.
+pub struct EncoderOnly {
+    /// A graph computing them: `source` in, one output per value, named by [`Self::outputs`].
+    pub graph: GraphProto,
+    /// `(value in the step graph, output name of the cut graph)`.
+    pub outputs: Vec<(String, String)>,
+}
+
+/// Finds the values of `step` that depend on `source` and constants only, and are read by the
+/// rest of the graph; `name(j)` names the j-th. Values derived from `source`'s shape alone
+/// (masks, sizes) are left where they are: they cost nothing to recompute.
+pub fn encoder_only(
+    step: &GraphProto,
+    source: &str,
+    name: impl Fn(usize) -> String,
+) -> Option<EncoderOnly> {
+    let mut constants: HashSet<&str> = step.initializer.iter().map(|t| t.name.as_str()).collect();
+    let mut derived: HashSet<&str> = HashSet::from([source]);
+    let mut shape_only: HashSet<&str> = HashSet::new();
+    let mut is_derived = vec![false; step.node.len()];
+    for (i, node) in step.node.iter().enumerate() {
+        let has_subgraph = node
+            .attribute
+            .iter()
+            .any(|a| a.g.is_some() || !a.graphs.is_empty());
+        let inputs: Vec<&str> = node
+            .input
+            .iter()
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
+            .collect();
+        if has_subgraph {
+            continue;
+        }
+        if inputs.iter().all(|i| constants.contains(i)) {
+            constants.extend(node.output.iter().map(String::as_str));
+            continue;
+        }
+        if !inputs
+            .iter()
+            .all(|i| constants.contains(i) || derived.contains(i))
+        {
+            continue;
+        }
+        is_derived[i] = true;
+        derived.extend(node.output.iter().map(String::as_str));
+        let from_shape = node.op_type == "Shape"
+            || inputs
+                .iter()
+                .filter(|i| derived.contains(*i) && !constants.contains(*i))
+                .all(|i| shape_only.contains(i));
+        if from_shape {
+            shape_only.extend(node.output.iter().map(String::as_str));
+        }
+    }
+    // The derived values the rest of the graph reads.
+    let mut frontier: Vec<String> = Vec::new();
+    for (i, node) in step.node.iter().enumerate() {
+        if is_derived[i] {
+            continue;
+        }
+        for input in node_reads(node) {
+            let heavy = derived.contains(input.as_str())
+                && input != source
+                && !shape_only.contains(input.as_str());
+            if heavy && !frontier.contains(&input) {
+                frontier.push(input);
+            }
+        }
+    }
+    if frontier.is_empty() {
+        return None;
+    }
+    let outputs: Vec<(String, String)> = frontier
+        .iter()
+        .enumerate()
+        .map(|(j, value)| (value.clone(), name(j)))
+        .collect();
+    let mut graph = GraphProto {
+        name: format!("{}_encoder_only", step.name),
+        node: step.node.clone(),
+        initializer: step.initializer.clone(),
+        input: step
+            .input
+            .iter()
+            .filter(|i| i.name == source)
+            .cloned()
+            .collect(),
+        output: outputs
+            .iter()
+            .map(|(_, out)| ValueInfoProto {
+                name: out.clone(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    for (value, out) in &outputs {
+        graph.node.push(identity(value, out));
+    }
+    prune_dead(&mut graph);
+    Some(EncoderOnly { graph, outputs })
+}
+
+/// Makes the step graph read each cut value from an input instead of computing it, then drops
+/// what no longer contributes to its outputs. `inputs` are the new graph inputs (with types).
+pub fn read_instead(
+    step: &mut GraphProto,
+    renames: &[(String, String)],
+    inputs: Vec<ValueInfoProto>,
+) {
+    for node in step.node.iter_mut() {
+        for input in node.input.iter_mut() {
+            if let Some((_, to)) = renames.iter().find(|(from, _)| from == input) {
+                *input = to.clone();
+            }
+        }
+    }
+    step.input.extend(inputs);
+    prune_dead(step);
+}
+
 /// The names one node reads, its subgraphs included.
 fn node_reads(node: &NodeProto) -> HashSet<String> {
     let g = GraphProto {
@@ -323,6 +447,49 @@ mod tests {
         let inits: Vec<_> = g.initializer.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(inits, ["w_live"]);
         assert_eq!(g.input.len(), 1);
+    }
+
+    #[test]
+    fn values_from_the_encoder_states_alone_are_cut_out() {
+        let init = |name: &str| pb::TensorProto {
+            name: name.into(),
+            ..Default::default()
+        };
+        let step = GraphProto {
+            name: "step".into(),
+            node: vec![
+                simple("MatMul", &["enc", "w_k"], "k", "k_proj"),
+                simple("Transpose", &["k"], "k_t", "k_t"),
+                simple("Shape", &["enc"], "enc_shape", "shape"),
+                simple("ConstantOfShape", &["enc_shape"], "mask", "mask"),
+                simple("MatMul", &["h", "w_q"], "q", "q_proj"),
+                simple("MatMul", &["q", "k_t"], "scores", "scores"),
+                simple("Add", &["scores", "mask"], "y", "masked"),
+            ],
+            initializer: vec![init("w_k"), init("w_q")],
+            input: vec![input("enc"), input("h")],
+            output: vec![input("y")],
+            ..Default::default()
+        };
+        let cut = encoder_only(&step, "enc", |j| format!("cut{j}")).unwrap();
+        assert_eq!(cut.outputs, [("k_t".to_string(), "cut0".to_string())]);
+        let ops: Vec<_> = cut.graph.node.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(ops, ["k_proj", "k_t", "cut0/glance_identity"]);
+        assert_eq!(
+            cut.graph.initializer.len(),
+            1,
+            "only the key projection's weights"
+        );
+
+        let mut step = step;
+        read_instead(
+            &mut step,
+            &[("k_t".into(), "past_k".into())],
+            vec![input("past_k")],
+        );
+        let ops: Vec<_> = step.node.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(ops, ["shape", "mask", "q_proj", "scores", "masked"]);
+        assert!(step.initializer.iter().all(|t| t.name != "w_k"));
     }
 
     #[test]
