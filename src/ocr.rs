@@ -278,19 +278,42 @@ impl Page {
         merge_accents(bands)
             .into_iter()
             .filter(|(top, bottom)| bottom - top >= 6)
-            .filter_map(|band| self.line(band, &counts, max_aspect))
+            .filter_map(|band| self.line(band, &counts, max_aspect, &|x, y| self.ink(x, y)))
             .collect()
     }
 
     /// The whole image as one line: its ink, framed and chunked as a line of a page is.
     pub fn single_line(&self, max_aspect: f64) -> Option<Line> {
         let (w, h) = (self.gray.width, self.gray.height);
+        // One line is lit evenly enough for one global threshold, which also finds the ink of
+        // blurred or faint lines that the local threshold (made for pages) rejects as flat.
+        let threshold = otsu(&self.gray);
+        let ink = |x: usize, y: usize| self.gray.at(x, y) <= threshold;
         let counts: Vec<usize> = (0..h)
-            .map(|y| (0..w).filter(|&x| self.ink(x, y)).count())
+            .map(|y| (0..w).filter(|&x| ink(x, y)).count())
             .collect();
-        let top = counts.iter().position(|&c| c > 0)?;
-        let bottom = counts.iter().rposition(|&c| c > 0)? + 1;
-        self.line((top, bottom), &counts, max_aspect)
+        let band = counts
+            .iter()
+            .position(|&c| c > 0)
+            .zip(counts.iter().rposition(|&c| c > 0));
+        match band {
+            Some((top, bottom)) => self.line((top, bottom + 1), &counts, max_aspect, &ink),
+            // The caller says this is a line: with no ink at all, read the whole image rather
+            // than nothing.
+            None if w > 0 && h > 0 => {
+                let all = Rect {
+                    x: 0,
+                    y: 0,
+                    width: w,
+                    height: h,
+                };
+                Some(Line {
+                    bbox: all,
+                    chunks: vec![all],
+                })
+            }
+            None => None,
+        }
     }
 
     /// The line around a band of text rows: the band grown into its faint neighbouring rows,
@@ -300,6 +323,7 @@ impl Page {
         (top, bottom): (usize, usize),
         counts: &[usize],
         max_aspect: f64,
+        ink: &dyn Fn(usize, usize) -> bool,
     ) -> Option<Line> {
         let (w, h) = (self.gray.width, self.gray.height);
         let height = bottom - top;
@@ -312,7 +336,7 @@ impl Page {
             b += 1;
         }
         let height = b - t;
-        let cols: Vec<bool> = (0..w).map(|x| (t..b).any(|y| self.ink(x, y))).collect();
+        let cols: Vec<bool> = (0..w).map(|x| (t..b).any(|y| ink(x, y))).collect();
         let first = cols.iter().position(|&c| c)?;
         let last = cols.iter().rposition(|&c| c).unwrap_or(first);
         // The margin the model saw in training around its lines.
@@ -550,6 +574,21 @@ mod tests {
         assert_eq!(l.chunks.first().unwrap().x, l.bbox.x);
         let end = l.chunks.last().unwrap();
         assert_eq!(end.x + end.width, l.bbox.x + l.bbox.width);
+    }
+
+    #[test]
+    fn a_line_without_visible_ink_is_read_whole() {
+        // A faint, even smear: no window passes the threshold's contrast floor.
+        let g = Gray8 {
+            width: 120,
+            height: 16,
+            data: (0..120 * 16).map(|i| 200 + (i % 7) as u8).collect(),
+        };
+        let line = Page::new(&g.to_rgb())
+            .single_line(DEFAULT_MAX_ASPECT)
+            .unwrap();
+        assert_eq!((line.bbox.width, line.bbox.height), (120, 16));
+        assert_eq!(line.chunks, vec![line.bbox]);
     }
 
     #[test]
