@@ -234,7 +234,8 @@ impl Plans {
     fn run(&self, input: Tensor, output: &str) -> Result<Tensor> {
         let plan = self.get(input.shape())?;
         let at = plan.output_index(output).unwrap_or(0);
-        let mask_shape = input.shape().to_vec();
+        // A mask covers the batch and sequence axes: every token is real.
+        let mask_shape: Vec<usize> = input.shape().iter().take(2).copied().collect();
         let mut input = Some(input);
         let mut outputs = plan.run(|port| {
             if port.name == ATTENTION_MASK {
