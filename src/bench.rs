@@ -35,7 +35,7 @@ pub struct BenchReport {
     pub encode_ms: f64,
     /// From the start of generation (encoder included) to the first token.
     pub first_token_ms: f64,
-    /// Decoding time per token after the first.
+    /// Decoding time (every decoder step, the first included) per generated token.
     pub decode_ms_per_token: f64,
     /// Preprocessing and generation, image decoded.
     pub total_ms: f64,
@@ -79,13 +79,14 @@ pub fn measure(model_dir: &Path, image: &Path, options: &BenchOptions) -> Result
             .remove(0);
         let generate_ms = ms(generate_start);
         let first_token_ms = first_token_ms.unwrap_or(generate_ms);
-        let after_first = (generate_ms - first_token_ms).max(0.0);
         if run >= options.warmup {
             samples.push(Sample {
                 preprocess_ms,
                 encode_ms: out.timings.encode_ms,
                 first_token_ms,
-                decode_ms_per_token: after_first / tokens.saturating_sub(1).max(1) as f64,
+                // Every decoder step, over the tokens of the returned sequence: the same measure
+                // for greedy and beam search (whose tokens are only known at the end).
+                decode_ms_per_token: out.timings.decode_ms / tokens.max(1) as f64,
                 total_ms: preprocess_ms + generate_ms,
                 tokens,
             });

@@ -156,6 +156,7 @@ impl Decoder {
     pub fn session(&self, encoder_states: Tensor) -> Session<'_> {
         Session {
             decoder: self,
+            origin: (0..encoder_states.shape()[0]).collect(),
             encoder_states,
             cache: Vec::new(),
             cached_len: 0,
@@ -200,6 +201,8 @@ struct CacheEntry {
 /// The state of one generation: encoder output per row and the KV cache per row.
 pub struct Session<'d> {
     decoder: &'d Decoder,
+    /// For each row, the image (row of the encoder output) it decodes.
+    origin: Vec<usize>,
     encoder_states: Tensor,
     cache: Vec<CacheEntry>,
     /// How many tokens of each row the cache holds.
@@ -266,10 +269,20 @@ impl Session<'_> {
         if identity {
             return Ok(());
         }
-        self.encoder_states = gather_rows(&self.encoder_states, from)?;
-        for entry in &mut self.cache {
-            entry.tensor = gather_rows(&entry.tensor, from)?;
+        // Values computed from the encoder states alone (the states, the cross-attention cache)
+        // are the same in every row of one image: when each new row comes from the same image
+        // as before (beam search after its first expansion), they need no copying.
+        let origin: Vec<usize> = from.iter().map(|&f| self.origin[f]).collect();
+        let same_images = origin == self.origin;
+        if !same_images {
+            self.encoder_states = gather_rows(&self.encoder_states, from)?;
         }
+        for entry in &mut self.cache {
+            if !same_images || !names::is_cross_attention(&entry.key) {
+                entry.tensor = gather_rows(&entry.tensor, from)?;
+            }
+        }
+        self.origin = origin;
         Ok(())
     }
 
