@@ -183,8 +183,14 @@ pub fn integers_to_f32(graph: &mut GraphProto, bytes: &Bytes) -> Result<usize> {
         );
         product.attribute = node.attribute.clone();
         nodes.push(product);
+        // Unique names (tract refuses duplicates), from the output when the node has none.
+        let base = if node.name.is_empty() {
+            out
+        } else {
+            &node.name
+        };
         for (i, n) in nodes.iter_mut().enumerate() {
-            n.name = format!("{}/glance_f32_{i}", node.name);
+            n.name = format!("{base}/glance_f32_{i}");
         }
         graph.node.splice(at..=at, nodes);
         replaced += 1;
@@ -345,5 +351,69 @@ fn simple(op: &str, inputs: &[&str], output: &str) -> NodeProto {
         input: inputs.iter().map(|s| s.to_string()).collect(),
         output: vec![output.to_string()],
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn int8(name: &str, dims: &[i64], values: &[i8]) -> TensorProto {
+        TensorProto {
+            name: name.into(),
+            dims: dims.to_vec(),
+            data_type: DataType::Int8 as i32,
+            raw_data: values.iter().map(|&v| v as u8).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn integer_matmul_becomes_f32_matmul_of_the_same_integers() {
+        let mut cast = simple("Cast", &["acc"], "accf");
+        cast.attribute.push(AttributeProto {
+            name: "to".into(),
+            i: DataType::Float as i64,
+            ..Default::default()
+        });
+        let mut g = GraphProto {
+            node: vec![
+                simple("MatMulInteger", &["xq", "w", "xz", "wz"], "acc"),
+                cast,
+            ],
+            // [K=2, N=3] weights with a per-column zero point.
+            initializer: vec![
+                int8("w", &[2, 3], &[1, -2, 3, 4, 5, -6]),
+                int8("wz", &[3], &[1, 0, -1]),
+            ],
+            ..Default::default()
+        };
+        let inline: &Bytes = &|t| Ok(Cow::Borrowed(&t.raw_data[..]));
+        assert_eq!(integers_to_f32(&mut g, inline).unwrap(), 1);
+        let ops: Vec<&str> = g.node.iter().map(|n| n.op_type.as_str()).collect();
+        assert_eq!(ops, ["Cast", "Cast", "Sub", "MatMul", "Cast"]);
+        assert_eq!(g.node[3].output, ["acc"]);
+        let names: HashSet<&str> = g.node.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names.len(), g.node.len(), "node names must be unique");
+        // Only the widened weights remain: (w - zero point), column by column.
+        assert_eq!(g.initializer.len(), 1);
+        let w: Vec<f32> = g.initializer[0]
+            .raw_data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        assert_eq!(w, [0.0, -2.0, 4.0, 3.0, 5.0, -5.0]);
+    }
+
+    #[test]
+    fn results_read_as_integers_are_left_alone() {
+        let mut g = GraphProto {
+            node: vec![simple("MatMulInteger", &["xq", "w"], "acc")],
+            initializer: vec![int8("w", &[1, 1], &[1])],
+            ..Default::default()
+        };
+        let inline: &Bytes = &|t| Ok(Cow::Borrowed(&t.raw_data[..]));
+        assert_eq!(integers_to_f32(&mut g, inline).unwrap(), 0);
+        assert_eq!(g.node.len(), 1);
     }
 }
