@@ -58,6 +58,9 @@ pub struct GenerateOptions {
     /// library defaults for the rest, as transformers does when `generate()` is given a fresh
     /// `GenerationConfig()`.
     pub ignore_model_generation_config: bool,
+    /// Stop decoding once this much time has passed since generation began (the encoder always
+    /// runs to its end); the outputs are then marked truncated.
+    pub time_budget: Option<std::time::Duration>,
 }
 
 /// One sequence with its text.
@@ -255,6 +258,7 @@ impl Model {
     ) -> Result<Vec<Output>> {
         let (prompt, config) = self.prepare(options)?;
         let start = Instant::now();
+        let out_of_time = || options.time_budget.is_some_and(|b| start.elapsed() >= b);
         let states = self.encode(pixels)?;
         let encode_ms = ms(start);
         let start = Instant::now();
@@ -271,14 +275,14 @@ impl Model {
                         stopped |= !on_token(row, &token);
                     }
                 }
-                if stopped {
+                if stopped || out_of_time() {
                     break;
                 }
             }
             greedy.finish().into_iter().map(|s| vec![s]).collect()
         } else {
             let mut session = session;
-            let results = beam_search(&mut session, &config, &prompt)?;
+            let results = beam_search(&mut session, &config, &prompt, &out_of_time)?;
             for (row, seqs) in results.iter().enumerate() {
                 let mut pieces = Pieces::default();
                 for &id in &seqs[0].tokens[prompt.len()..] {

@@ -134,6 +134,10 @@ struct RunArgs {
     /// Text the decoder starts from (a Donut task prompt such as <s_cord-v2>).
     #[arg(long)]
     prompt: Option<String>,
+    /// Stop decoding an image after this many milliseconds (the encoder always finishes); the
+    /// output is then marked truncated.
+    #[arg(long)]
+    time_budget_ms: Option<u64>,
     /// One JSON object per line per image.
     #[arg(long)]
     json: bool,
@@ -231,6 +235,10 @@ struct CaptionArgs {
     num_beams: Option<usize>,
     #[arg(long)]
     max_new_tokens: Option<usize>,
+    /// Stop decoding an image after this many milliseconds (the caption is then marked
+    /// truncated in --json output).
+    #[arg(long)]
+    time_budget_ms: Option<u64>,
     #[command(flatten)]
     resolution: ResolutionArgs,
     #[command(flatten)]
@@ -317,6 +325,7 @@ impl RunArgs {
             prompt: self.prompt.clone(),
             keep_special_tokens: self.keep_special_tokens,
             ignore_model_generation_config: self.ignore_generation_config,
+            time_budget: self.time_budget_ms.map(std::time::Duration::from_millis),
         }
     }
 }
@@ -465,6 +474,7 @@ fn caption(args: &CaptionArgs) -> Result<bool, Error> {
             max_new_tokens: args.max_new_tokens,
             ..Default::default()
         },
+        time_budget: args.time_budget_ms.map(std::time::Duration::from_millis),
         ..Default::default()
     };
     for_each_input(&args.inputs, |name, image| {
@@ -478,7 +488,7 @@ fn caption(args: &CaptionArgs) -> Result<bool, Error> {
                 preprocess_ms,
                 ..out.timings
             };
-            json!({"image": name, "text": text, "tokens": out.tokens, "score": out.score, "timings_ms": timings(&t)}).to_string()
+            json!({"image": name, "text": text, "tokens": out.tokens, "score": out.score, "truncated": out.truncated, "timings_ms": timings(&t)}).to_string()
         } else {
             text
         })

@@ -159,3 +159,36 @@ fn bad_options_are_errors() {
     };
     assert!(m.generate(&wrong, &GenerateOptions::default()).is_err());
 }
+
+#[test]
+fn a_time_budget_stops_decoding_cleanly() {
+    let m = model("trocr");
+    let pixels = m.load_image(&image("rgb.png")).unwrap();
+    let full = m.generate(&pixels, &greedy(10)).unwrap().remove(0);
+    for beams in [1, 3] {
+        let options = |budget: std::time::Duration| GenerateOptions {
+            generation: GenerationOptions {
+                num_beams: Some(beams),
+                ..greedy(10).generation
+            },
+            time_budget: Some(budget),
+            ..Default::default()
+        };
+        // Out of time at once: one step is taken, and the output says it was cut short.
+        let cut = m
+            .generate(&pixels, &options(std::time::Duration::ZERO))
+            .unwrap()
+            .remove(0);
+        assert!(cut.truncated, "beams {beams}");
+        assert_eq!(cut.tokens.len(), 2, "beams {beams}: {:?}", cut.tokens);
+        // A budget that is not reached changes nothing.
+        let ample = m
+            .generate(&pixels, &options(std::time::Duration::from_secs(600)))
+            .unwrap()
+            .remove(0);
+        if beams == 1 {
+            assert_eq!(ample.tokens, full.tokens);
+        }
+        assert!(!ample.truncated || ample.tokens.len() == full.tokens.len());
+    }
+}

@@ -32,10 +32,14 @@ struct Candidate {
 
 /// Runs beam search for `inputs` inputs at once; `session` holds one row per input and grows
 /// to `inputs * num_beams` rows. Returns `num_return_sequences` sequences per input, best first.
+///
+/// `out_of_time` is asked after every step: when it says yes, the search stops and the slots no
+/// finished hypothesis filled take the best running beams, marked truncated.
 pub fn beam_search(
     session: &mut Session<'_>,
     config: &GenerationConfig,
     prompt: &[u32],
+    out_of_time: &dyn Fn() -> bool,
 ) -> Result<Vec<Vec<Sequence>>> {
     let processors = Processors::new(config);
     let k = config.num_beams;
@@ -182,6 +186,18 @@ pub fn beam_search(
         let exists_open_beam = !(all.iter().all(|b| b.finished.iter().all(|&f| f))
             && config.early_stopping == EarlyStopping::True);
         if !(improvement_possible && exists_open_beam && !all_stop) {
+            break;
+        }
+        if out_of_time() {
+            for beams in &mut all {
+                let open = (0..k).filter(|&s| !beams.finished[s]);
+                for (s, r) in open.zip(0..beams.running.len()) {
+                    let generated = beams.running[r].len().saturating_sub(prompt.len()).max(1);
+                    beams.done[s] = beams.running[r].clone();
+                    beams.done_scores[s] =
+                        beams.running_scores[r] / (generated as f32).powf(config.length_penalty);
+                }
+            }
             break;
         }
     }

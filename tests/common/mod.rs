@@ -192,6 +192,7 @@ pub fn case_options(case: &Value) -> GenerateOptions {
         prompt: kw.get("prompt").and_then(Value::as_str).map(String::from),
         keep_special_tokens: false,
         ignore_model_generation_config: true,
+        ..Default::default()
     }
 }
 
