@@ -3,17 +3,10 @@
 mod common;
 
 use common::*;
-use glance::{GenerateOptions, GenerationOptions, Model, OpenOptions};
+use glance::{GenerateOptions, GenerationOptions, Model};
 
 fn model(arch: &str) -> Model {
-    Model::open(
-        &model_fixture(arch),
-        &OpenOptions {
-            threads: 1,
-            ..Default::default()
-        },
-    )
-    .unwrap()
+    open_fixture(arch)
 }
 
 fn greedy(max_new_tokens: usize) -> GenerateOptions {

@@ -231,14 +231,6 @@ fn quantized_and_fp16_match_the_onnx_reference_and_onnxruntime() {
     assert!(failures.is_empty(), "differences:\n{}", failures.join("\n"));
 }
 
-fn token_list(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_u64().unwrap() as u32)
-        .collect()
-}
-
 /// The index of the first differing token, and the oracle's top-two gap when it chose it
 /// (`gaps[k]` is the gap for the token after `k + 1` tokens).
 fn first_difference(got: &[u32], want: &[u32], gaps: &Value) -> (usize, Option<f64>) {

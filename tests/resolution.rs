@@ -7,20 +7,11 @@ mod common;
 use common::*;
 use glance::model::position::PositionEmbeddings;
 use glance::vision::npy;
-use glance::{
-    GenerateOptions, GenerationOptions, Model, OpenOptions, PixelValues, Resolution, Rgb8, Size,
-};
+use glance::{GenerateOptions, GenerationOptions, Model, PixelValues, Resolution, Rgb8, Size};
 use serde_json::Value;
 
 fn open(name: &str) -> Model {
-    Model::open(
-        &model_fixture(name),
-        &OpenOptions {
-            threads: 1,
-            ..Default::default()
-        },
-    )
-    .unwrap_or_else(|e| panic!("{name}: {e}"))
+    open_fixture(name)
 }
 
 fn oracle(name: &str) -> Value {
@@ -60,14 +51,6 @@ fn greedy(max_new_tokens: usize) -> GenerateOptions {
     }
 }
 
-fn tokens(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_u64().unwrap() as u32)
-        .collect()
-}
-
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()
@@ -100,7 +83,7 @@ fn check_cases(model: &Model, oracle_dir: &str) {
         assert!(diff < 1e-4, "{what}: encoder states differ by {diff}");
         worst = worst.max(diff);
         let out = model.generate(&pv, &greedy(max_new)).unwrap().remove(0);
-        assert_eq!(out.tokens, tokens(&case["tokens"]), "{what}: tokens");
+        assert_eq!(out.tokens, token_list(&case["tokens"]), "{what}: tokens");
         non_native += usize::from(!case["native"].as_bool().unwrap_or(false));
     }
     assert!(
@@ -211,7 +194,7 @@ fn discrete_tokenizer_ids_and_tokens_match_pytorch() {
         let out = model.generate(&pv, &greedy(max_new)).unwrap().remove(0);
         assert_eq!(
             out.tokens,
-            tokens(&case["tokens"]),
+            token_list(&case["tokens"]),
             "{}: tokens",
             case["image"]
         );
@@ -318,7 +301,7 @@ fn cli_takes_size_keep_aspect_and_tokenize() {
     ]);
     assert!(ok, "{stderr}");
     let line: Value = serde_json::from_str(stdout.trim()).unwrap();
-    assert_eq!(tokens(&line["tokens"]), tokens(&case["tokens"]));
+    assert_eq!(token_list(&line["tokens"]), token_list(&case["tokens"]));
 
     let (ok, _, stderr) = run(&["run", "--model", vit, "--size", "64x150", rgb]);
     assert!(

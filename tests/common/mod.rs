@@ -9,6 +9,27 @@ use serde_json::Value;
 
 pub const ARCHS: [&str; 3] = ["trocr", "vitgpt2", "donut"];
 
+/// Opens a fixture model directory on one thread.
+pub fn open_fixture(name: &str) -> glance::Model {
+    glance::Model::open(
+        &model_fixture(name),
+        &glance::OpenOptions {
+            threads: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// A JSON list of token ids.
+pub fn token_list(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect()
+}
+
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
