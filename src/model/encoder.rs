@@ -290,112 +290,10 @@ impl Encoder {
     /// Loads the stages of `dir`; `native` is the size its image processor produces, whose plan
     /// is made at once.
     pub fn load(dir: &ModelDir, native: Option<Size>, rt: Runtime) -> Result<Encoder> {
-        let files = &dir.files;
-        let encoder_config = dir.config.section("encoder")?;
-        let pair = |key: &str| -> Result<Option<Size>> {
-            Ok(match &encoder_config {
-                Some(c) => c
-                    .size_pair(key, MAX_SIDE)?
-                    .map(|(height, width)| Size { height, width }),
-                None => None,
-            })
-        };
-        let patch = pair("patch_size")?;
-        let image = pair("image_size")?.or(native);
-        let grid = match (patch, image) {
-            (Some(p), Some(i)) if i.height % p.height == 0 && i.width % p.width == 0 => {
-                Some((p, i, (i.height / p.height, i.width / p.width)))
-            }
-            _ => None,
-        };
-        let (stages, sizes) = match &files.visual_tokenizer {
-            None => {
-                let mut plans = Plans::new(&files.encoder, names::PIXEL_VALUES, rt);
-                let mut sizes = InputSizes::Native(native);
-                if let Some((patch, image, cells)) = grid {
-                    let proto = graph::read_proto(&files.encoder)?;
-                    if let Some(found) = proto
-                        .graph
-                        .as_ref()
-                        .and_then(|g| InGraph::find(g, cells, &files.encoder))
-                    {
-                        plans.position = Some((found, patch));
-                        sizes = InputSizes::Patches {
-                            patch,
-                            native: image,
-                        };
-                    }
-                }
-                if dir.encoder_type.contains("swin") {
-                    if let (Some(patch), Some(c)) = (patch, &encoder_config) {
-                        // Each stage after the first halves the grid; Swin pads windows itself.
-                        let stages = c
-                            .get("depths")
-                            .and_then(|d| d.as_array())
-                            .map_or(1, Vec::len);
-                        sizes = InputSizes::Multiple {
-                            unit: patch.height.max(patch.width) << stages.saturating_sub(1).min(8),
-                        };
-                    }
-                }
-                (Stages::Pixels(plans), sizes)
-            }
-            Some(tokenizer_path) => {
-                let tokenizer = Plans::new(tokenizer_path, names::PIXEL_VALUES, rt);
-                let inputs = graph_inputs(&files.encoder)?;
-                if inputs.iter().any(|n| n == INPUTS_EMBEDS) {
-                    let (patch, image, cells) = grid.ok_or_else(|| {
-                        dir.config.error(
-                            "a continuous visual tokenizer needs the encoder's patch_size and image_size",
-                        )
-                    })?;
-                    // export.py writes one table per dtype (always float32), beside the graphs.
-                    let suffixed = format!("position_embeddings{}.npy", files.dtype.suffix());
-                    let path = [
-                        files.folder.join(&suffixed),
-                        files.folder.join(POSITION_FILE),
-                        dir.root.join(POSITION_FILE),
-                    ]
-                    .into_iter()
-                    .find(|p| p.is_file())
-                    .unwrap_or_else(|| files.folder.join(POSITION_FILE));
-                    let array = npy::read(&path)?;
-                    let position = PositionEmbeddings::new(&array.shape, array.data, cells)
-                        .map_err(|msg| Error::config(&path, msg))?;
-                    (
-                        Stages::Continuous {
-                            tokenizer,
-                            position,
-                            patch,
-                            tables: Mutex::new(Vec::new()),
-                            encoder: Plans::new(&files.encoder, INPUTS_EMBEDS, rt),
-                        },
-                        InputSizes::Patches {
-                            patch,
-                            native: image,
-                        },
-                    )
-                } else if inputs.iter().any(|n| n == names::INPUT_IDS) {
-                    let codebook = load_codebook(dir, tokenizer_path)?;
-                    (
-                        Stages::Discrete {
-                            tokenizer,
-                            codebook,
-                            encoder: Plans::new(&files.encoder, names::INPUT_IDS, rt),
-                        },
-                        InputSizes::Multiple { unit: 1 },
-                    )
-                } else {
-                    return Err(Error::graph(
-                        &files.encoder,
-                        format!(
-                            "after a visual tokenizer the encoder must take {INPUTS_EMBEDS} or {}; it takes {}",
-                            names::INPUT_IDS,
-                            inputs.join(", ")
-                        ),
-                    ));
-                }
-            }
+        let geometry = Geometry::read(dir, native)?;
+        let (stages, sizes) = match &dir.files.visual_tokenizer {
+            None => pixel_stage(dir, &geometry, native, rt)?,
+            Some(tokenizer) => tokenizer_stages(dir, tokenizer, &geometry, rt)?,
         };
         let encoder = Encoder { stages, sizes };
         if let Some(size) = native {
@@ -543,6 +441,148 @@ impl Encoder {
                 tokenizer, encoder, ..
             } => [tokenizer.plans(), encoder.plans()].concat(),
         }
+    }
+}
+
+/// The patch geometry the encoder's config gives: patch size, and the training size as a grid
+/// of patches.
+struct Geometry {
+    patch: Option<Size>,
+    /// `(patch, image size, (rows, cols))` where the image is a whole number of patches.
+    grid: Option<(Size, Size, Grid)>,
+    /// Swin: each stage after the first halves the grid (`depths` has one entry per stage).
+    stages: Option<usize>,
+}
+
+impl Geometry {
+    fn read(dir: &ModelDir, native: Option<Size>) -> Result<Geometry> {
+        let config = dir.config.section("encoder")?;
+        let pair = |key: &str| -> Result<Option<Size>> {
+            Ok(match &config {
+                Some(c) => c
+                    .size_pair(key, MAX_SIDE)?
+                    .map(|(height, width)| Size { height, width }),
+                None => None,
+            })
+        };
+        let patch = pair("patch_size")?;
+        let image = pair("image_size")?.or(native);
+        let grid = match (patch, image) {
+            (Some(p), Some(i)) if i.height % p.height == 0 && i.width % p.width == 0 => {
+                Some((p, i, (i.height / p.height, i.width / p.width)))
+            }
+            _ => None,
+        };
+        let stages = config
+            .as_ref()
+            .and_then(|c| c.get("depths"))
+            .and_then(|d| d.as_array())
+            .map(Vec::len);
+        Ok(Geometry {
+            patch,
+            grid,
+            stages,
+        })
+    }
+}
+
+/// `pixel_values -> encoder`, with the encoder's own position table resampled per grid where
+/// it has one.
+fn pixel_stage(
+    dir: &ModelDir,
+    geometry: &Geometry,
+    native: Option<Size>,
+    rt: Runtime,
+) -> Result<(Stages, InputSizes)> {
+    let path = &dir.files.encoder;
+    let mut plans = Plans::new(path, names::PIXEL_VALUES, rt);
+    let mut sizes = InputSizes::Native(native);
+    if let Some((patch, image, cells)) = geometry.grid {
+        let proto = graph::read_proto(path)?;
+        if let Some(found) = proto
+            .graph
+            .as_ref()
+            .and_then(|g| InGraph::find(g, cells, path))
+        {
+            plans.position = Some((found, patch));
+            sizes = InputSizes::Patches {
+                patch,
+                native: image,
+            };
+        }
+    }
+    if dir.encoder_type.contains("swin") {
+        if let Some(patch) = geometry.patch {
+            // Swin pads its windows itself: any multiple of the last stage's patch works.
+            let halvings = geometry.stages.unwrap_or(1).saturating_sub(1).min(8);
+            sizes = InputSizes::Multiple {
+                unit: patch.height.max(patch.width) << halvings,
+            };
+        }
+    }
+    Ok((Stages::Pixels(plans), sizes))
+}
+
+/// A visual tokenizer and the encoder after it: continuous when the encoder takes
+/// `inputs_embeds`, discrete when it takes `input_ids`.
+fn tokenizer_stages(
+    dir: &ModelDir,
+    tokenizer_path: &Path,
+    geometry: &Geometry,
+    rt: Runtime,
+) -> Result<(Stages, InputSizes)> {
+    let files = &dir.files;
+    let tokenizer = Plans::new(tokenizer_path, names::PIXEL_VALUES, rt);
+    let inputs = graph_inputs(&files.encoder)?;
+    if inputs.iter().any(|n| n == INPUTS_EMBEDS) {
+        let (patch, image, cells) = geometry.grid.ok_or_else(|| {
+            dir.config.error(
+                "a continuous visual tokenizer needs the encoder's patch_size and image_size",
+            )
+        })?;
+        // export.py writes one table per dtype (always float32), beside the graphs.
+        let suffixed = format!("position_embeddings{}.npy", files.dtype.suffix());
+        let path = [
+            files.folder.join(&suffixed),
+            files.folder.join(POSITION_FILE),
+            dir.root.join(POSITION_FILE),
+        ]
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| files.folder.join(POSITION_FILE));
+        let array = npy::read(&path)?;
+        let position = PositionEmbeddings::new(&array.shape, array.data, cells)
+            .map_err(|msg| Error::config(&path, msg))?;
+        let stages = Stages::Continuous {
+            tokenizer,
+            position,
+            patch,
+            tables: Mutex::new(Vec::new()),
+            encoder: Plans::new(&files.encoder, INPUTS_EMBEDS, rt),
+        };
+        Ok((
+            stages,
+            InputSizes::Patches {
+                patch,
+                native: image,
+            },
+        ))
+    } else if inputs.iter().any(|n| n == names::INPUT_IDS) {
+        let stages = Stages::Discrete {
+            tokenizer,
+            codebook: load_codebook(dir, tokenizer_path)?,
+            encoder: Plans::new(&files.encoder, names::INPUT_IDS, rt),
+        };
+        Ok((stages, InputSizes::Multiple { unit: 1 }))
+    } else {
+        Err(Error::graph(
+            &files.encoder,
+            format!(
+                "after a visual tokenizer the encoder must take {INPUTS_EMBEDS} or {}; it takes {}",
+                names::INPUT_IDS,
+                inputs.join(", ")
+            ),
+        ))
     }
 }
 
