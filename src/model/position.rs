@@ -218,17 +218,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn native_grid_is_unchanged_and_same_size_resample_is_identity() {
+    fn native_grid_is_unchanged_and_flat_directions_stay_flat() {
         let data: Vec<f32> = (0..(1 + 9) * 2).map(|v| v as f32).collect();
         let table = PositionEmbeddings::new(&[1, 10, 2], data.clone(), (3, 3)).unwrap();
         assert_eq!(table.for_grid(3, 3), data);
-        // 3x3 -> 6x3: columns are resampled by a factor of one, which must be exact.
+        // A table that only varies across columns, resampled to 6 rows x 3 columns: every row
+        // equals the original one (the four row weights sum to one; the column resample is 1:1).
+        let flat: Vec<f32> = [7.0, 7.0]
+            .into_iter()
+            .chain((0..9).flat_map(|i| [(i % 3) as f32, 10.0 * (i % 3) as f32]))
+            .collect();
+        let table = PositionEmbeddings::new(&[1, 10, 2], flat.clone(), (3, 3)).unwrap();
         let tall = table.for_grid(6, 3);
         assert_eq!(tall.len(), (1 + 18) * 2);
+        assert_eq!(tall[..2], flat[..2], "the class token is kept apart");
         for r in 0..6 {
             for c in 0..3 {
-                let v = tall[(1 + r * 3 + c) * 2];
-                assert!(v.is_finite());
+                for d in 0..2 {
+                    let got = tall[(1 + r * 3 + c) * 2 + d];
+                    let want = flat[(1 + c) * 2 + d];
+                    assert!(
+                        (got - want).abs() < 1e-5,
+                        "row {r} col {c}: {got} vs {want}"
+                    );
+                }
             }
         }
     }
