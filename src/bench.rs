@@ -130,10 +130,8 @@ pub fn profile(model: &Model, image: &Rgb8, options: &BenchOptions) -> Result<Pr
     let states = model.encode(&pixels.item(0))?;
     let mut session = model.graphs().decoder.session(states);
     let logits = session.step(&[&prompt])?;
-    let row = logits.row(0);
-    let next = (0..row.len()).fold(0, |best, i| if row[i] > row[best] { i } else { best });
     let mut tokens = prompt.clone();
-    tokens.push(next as u32);
+    tokens.push(crate::decode::greedy::argmax(logits.row(0)));
     let decoder_step = by_op(session.profile_step(&[&tokens])?);
     Ok(Profile {
         encoder,

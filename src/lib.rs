@@ -197,7 +197,7 @@ impl Model {
 
     /// Decodes an image file and preprocesses it for this model.
     pub fn load_image(&self, path: &Path) -> Result<PixelValues> {
-        Ok(self.processor.preprocess(&Rgb8::open(path)?))
+        self.load_image_at(path, Resolution::Native)
     }
 
     /// Decodes an image file and brings it to `resolution` for this model.

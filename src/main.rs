@@ -574,10 +574,7 @@ fn bench(args: &BenchArgs) -> Result<bool, Error> {
             }
         }
     }
-    writeln!(std::io::stdout(), "{text}").map_err(|e| Error::Io {
-        path: "<stdout>".into(),
-        source: e,
-    })?;
+    writeln!(std::io::stdout(), "{text}").map_err(stdout_error)?;
     Ok(true)
 }
 
@@ -590,10 +587,7 @@ fn matmul(threads: usize, runs: usize, shapes: &[String], json: bool) -> Result<
         shapes.iter().map(String::as_str).collect()
     };
     let mut out = std::io::stdout().lock();
-    let io = |e| Error::Io {
-        path: "<stdout>".into(),
-        source: e,
-    };
+    let io = stdout_error;
     if !json {
         writeln!(out, "| m x k x n | f32 GFLOP/s | int8 GOP/s | threads |").map_err(io)?;
         writeln!(out, "|---|---|---|---|").map_err(io)?;
@@ -689,10 +683,7 @@ fn for_each_input(
                 // Flushed line by line: a camera pipeline reads results as they come.
                 writeln!(stdout, "{line}")
                     .and_then(|_| stdout.flush())
-                    .map_err(|e| Error::Io {
-                        path: "<stdout>".into(),
-                        source: e,
-                    })?;
+                    .map_err(stdout_error)?;
             }
             Err(e) => {
                 if progress {
@@ -765,10 +756,7 @@ fn print_output(
     } else {
         result.text.clone()
     };
-    writeln!(out, "{line}").map_err(|e| Error::Io {
-        path: "<stdout>".into(),
-        source: e,
-    })
+    writeln!(out, "{line}").map_err(stdout_error)
 }
 
 fn inspect(dir: &Path, options: &OpenOptions) -> Result<bool, Error> {
@@ -836,9 +824,14 @@ fn inspect(dir: &Path, options: &OpenOptions) -> Result<bool, Error> {
     }
     std::io::stdout()
         .write_all(out.as_bytes())
-        .map_err(|e| Error::Io {
-            path: "<stdout>".into(),
-            source: e,
-        })?;
+        .map_err(stdout_error)?;
     Ok(true)
+}
+
+/// A failed write to standard output (a closed pipe, a full disk), as an error value.
+fn stdout_error(source: std::io::Error) -> Error {
+    Error::Io {
+        path: "<stdout>".into(),
+        source,
+    }
 }

@@ -18,7 +18,7 @@ use tract_onnx::prelude::*;
 
 use super::graph::{self, Graph, NodeTime, Shapes};
 use super::position::{InGraph, PositionEmbeddings};
-use super::{names, prepare_proto, ModelDir, Runtime};
+use super::{names, prepare_proto, surgery, ModelDir, Runtime};
 use crate::error::{Error, Result};
 use crate::vision::npy;
 use crate::vision::{PixelValues, Size};
@@ -676,9 +676,8 @@ fn graph_inputs(path: &Path) -> Result<Vec<String>> {
         .graph
         .as_ref()
         .ok_or_else(|| Error::graph(path, "no graph"))?;
-    Ok(g.input
-        .iter()
-        .filter(|i| !g.initializer.iter().any(|t| t.name == i.name))
+    Ok(surgery::real_inputs(g)
+        .into_iter()
         .map(|i| i.name.clone())
         .collect())
 }
