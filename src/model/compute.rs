@@ -14,7 +14,6 @@ use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
 
-use half::f16;
 use tract_onnx::pb::{
     attribute_proto::AttributeType, tensor_proto::DataType, type_proto, AttributeProto, GraphProto,
     NodeProto, TensorProto,
@@ -318,17 +317,7 @@ fn tensor_to_f32(t: &mut TensorProto, bytes: &Bytes) -> Result<bool> {
     if t.data_type != DataType::Float16 as i32 {
         return Ok(false);
     }
-    let raw = bytes(t)?;
-    let values: Vec<f32> = if raw.is_empty() {
-        t.int32_data
-            .iter()
-            .map(|&v| f16::from_bits(v as u16).to_f32())
-            .collect()
-    } else {
-        raw.chunks_exact(2)
-            .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect()
-    };
+    let values = super::graph::floats(t, &bytes(t)?).unwrap_or_default();
     t.raw_data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     t.int32_data.clear();
     t.external_data.clear();

@@ -657,15 +657,8 @@ fn load_codebook(dir: &ModelDir, tokenizer: &Path) -> Result<Codebook> {
             )
         })?;
     let shape: Vec<usize> = init.dims.iter().map(|&d| d.max(0) as usize).collect();
-    let bytes = graph::tensor_bytes(init, tokenizer)?;
-    let data: Vec<f32> = if bytes.is_empty() {
-        init.float_data.clone()
-    } else {
-        bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect()
-    };
+    let data = graph::floats(init, &graph::tensor_bytes(init, tokenizer)?)
+        .ok_or_else(|| Error::graph(tokenizer, "the codebook must be f32 or f16"))?;
     Codebook::new(&shape, data).map_err(|msg| Error::graph(tokenizer, msg))
 }
 

@@ -35,6 +35,31 @@ impl Port {
     }
 }
 
+/// The values of an f32 or f16 tensor whose data (`raw_data`, inline or read from its file by
+/// [`tensor_bytes`]) is `raw`, in f32; `None` for other element types.
+pub fn floats(t: &TensorProto, raw: &[u8]) -> Option<Vec<f32>> {
+    use tract_onnx::pb::tensor_proto::DataType;
+    let f16 = |bits: u16| half::f16::from_bits(bits).to_f32();
+    match DataType::try_from(t.data_type).ok()? {
+        DataType::Float if raw.is_empty() => Some(t.float_data.clone()),
+        DataType::Float => Some(
+            raw.chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        ),
+        // f16 values outside raw_data sit in int32_data, one per element.
+        DataType::Float16 if raw.is_empty() => {
+            Some(t.int32_data.iter().map(|&v| f16(v as u16)).collect())
+        }
+        DataType::Float16 => Some(
+            raw.chunks_exact(2)
+                .map(|b| f16(u16::from_le_bytes([b[0], b[1]])))
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
 /// An ONNX graph input declaring `name` with the type of `port` (symbolic dimensions keep
 /// their symbol where it is a plain name, so that tract identifies them with the graph's own).
 pub fn value_info(name: &str, port: &Port) -> tract_onnx::pb::ValueInfoProto {

@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use half::f16;
-use tract_onnx::pb::{tensor_proto::DataType, GraphProto, TensorProto};
+use tract_onnx::pb::{tensor_proto::DataType, GraphProto};
 
 /// A position-embedding table: `leading` tokens kept apart, then a `rows x cols` patch grid
 /// (square for Hugging Face's models; glance also resamples the non-square grids of encoders
@@ -142,7 +142,8 @@ impl InGraph {
                 }
                 // Read only once the shape says this is the table (it may live in the file).
                 let bytes = super::graph::tensor_bytes(t, path).ok()?;
-                let (dtype, data) = floats(t, &bytes)?;
+                let data = super::graph::floats(t, &bytes)?;
+                let dtype = DataType::try_from(t.data_type).ok()?;
                 let table = PositionEmbeddings::new(&shape, data, grid).ok()?;
                 Some(InGraph {
                     initializer: t.name.clone(),
@@ -178,38 +179,6 @@ impl InGraph {
                 .collect(),
             _ => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
         };
-    }
-}
-
-/// The values of an f32 or f16 initializer whose data (`raw_data`, inline or read from the
-/// file) is `bytes`.
-fn floats(t: &TensorProto, bytes: &[u8]) -> Option<(DataType, Vec<f32>)> {
-    let dtype = DataType::try_from(t.data_type).ok()?;
-    match dtype {
-        DataType::Float if !bytes.is_empty() => Some((
-            dtype,
-            bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-        )),
-        DataType::Float => Some((dtype, t.float_data.clone())),
-        DataType::Float16 if !bytes.is_empty() => Some((
-            dtype,
-            bytes
-                .chunks_exact(2)
-                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-        )),
-        // f16 values outside raw_data sit in int32_data, one per element.
-        DataType::Float16 => Some((
-            dtype,
-            t.int32_data
-                .iter()
-                .map(|&v| f16::from_bits(v as u16).to_f32())
-                .collect(),
-        )),
-        _ => None,
     }
 }
 
