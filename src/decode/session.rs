@@ -293,12 +293,8 @@ impl Session<'_> {
         graph: &Graph,
         tokens: &[&[u32]],
     ) -> Result<(Logits, Vec<CacheEntry>)> {
-        let one = |t: &Tensor, r: usize| {
-            t.slice(0, r, r + 1)
-                .map_err(|e| Error::Generation(e.to_string()))
-        };
         let mut data = Vec::with_capacity(tokens.len() * self.decoder.vocab_size);
-        let mut presents: Vec<CacheEntry> = Vec::new();
+        let mut per_row = Vec::with_capacity(tokens.len());
         for (r, row) in tokens.iter().enumerate() {
             let cache: Vec<CacheEntry> = self
                 .cache
@@ -306,28 +302,21 @@ impl Session<'_> {
                 .map(|e| {
                     Ok(CacheEntry {
                         key: e.key.clone(),
-                        tensor: one(&e.tensor, r)?,
+                        tensor: row_of(&e.tensor, r)?,
                     })
                 })
                 .collect::<Result<_>>()?;
-            let (logits, row_presents) =
-                self.run(graph, &[row], &one(&self.encoder_states, r)?, &cache)?;
+            let (logits, presents) =
+                self.run(graph, &[row], &row_of(&self.encoder_states, r)?, &cache)?;
             data.extend(logits.data);
-            if r == 0 {
-                presents = row_presents;
-            } else {
-                for (all, new) in presents.iter_mut().zip(row_presents) {
-                    all.tensor = Tensor::stack_tensors(0, &[&all.tensor, &new.tensor])
-                        .map_err(|e| Error::Generation(e.to_string()))?;
-                }
-            }
+            per_row.push(presents);
         }
         Ok((
             Logits {
                 vocab: self.decoder.vocab_size,
                 data,
             },
-            presents,
+            stack_rows(per_row)?,
         ))
     }
 
@@ -397,22 +386,10 @@ impl Session<'_> {
         if !one_row || rows == 1 {
             return run(&self.encoder_states, tokens);
         }
-        let fail = |e: TractError| Error::Generation(e.to_string());
-        let mut entries: Vec<CacheEntry> = Vec::new();
-        for r in 0..rows {
-            let row = run(
-                &self.encoder_states.slice(0, r, r + 1).map_err(fail)?,
-                &tokens[r..r + 1],
-            )?;
-            if r == 0 {
-                entries = row;
-                continue;
-            }
-            for (all, new) in entries.iter_mut().zip(row) {
-                all.tensor = Tensor::stack_tensors(0, &[&all.tensor, &new.tensor]).map_err(fail)?;
-            }
-        }
-        Ok(entries)
+        let per_row = (0..rows)
+            .map(|r| run(&row_of(&self.encoder_states, r)?, &tokens[r..r + 1]))
+            .collect::<Result<Vec<_>>>()?;
+        stack_rows(per_row)
     }
 
     /// Times every node of the graph the next step would run (on `rows`, as [`Session::step`]
@@ -513,6 +490,30 @@ fn last_position(graph: &Graph, value: &TValue) -> Result<Logits> {
         data.extend_from_slice(&all[start..start + vocab]);
     }
     Ok(Logits { vocab, data })
+}
+
+/// Row `r` of `t` (axis 0), as a batch of one.
+fn row_of(t: &Tensor, r: usize) -> Result<Tensor> {
+    t.slice(0, r, r + 1)
+        .map_err(|e| Error::Generation(e.to_string()))
+}
+
+/// The cache entries of rows run one at a time (each row's entries in the same order), stacked
+/// into one entry per key.
+fn stack_rows(rows: Vec<Vec<CacheEntry>>) -> Result<Vec<CacheEntry>> {
+    let Some(first) = rows.first() else {
+        return Ok(Vec::new());
+    };
+    (0..first.len())
+        .map(|i| {
+            let parts: Vec<&Tensor> = rows.iter().map(|row| &row[i].tensor).collect();
+            Ok(CacheEntry {
+                key: first[i].key.clone(),
+                tensor: Tensor::stack_tensors(0, &parts)
+                    .map_err(|e| Error::Generation(e.to_string()))?,
+            })
+        })
+        .collect()
 }
 
 /// Row `i` of the result is row `from[i]` of `t` (axis 0).
