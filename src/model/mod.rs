@@ -200,13 +200,24 @@ fn cut_encoder_only(path: &Path, step: ModelProto, rt: Runtime) -> Result<(Graph
     let Some(cut) = cut else {
         return Ok((plan_decoder(path, step, rt)?, None));
     };
-    let attempt = || -> Result<(Graph, Graph)> {
-        let mut cut_proto = ModelProto {
+    let attempt = |cut: surgery::EncoderOnly| -> Result<(Graph, Graph)> {
+        // The cut graph with the step file's header (opsets, IR version), without copying the
+        // step graph only to replace it.
+        let header = ModelProto {
             graph: None,
-            ..step.clone()
+            opset_import: step.opset_import.clone(),
+            ir_version: step.ir_version,
+            functions: step.functions.clone(),
+            ..Default::default()
         };
-        cut_proto.graph = Some(cut.graph.clone());
-        let cross = plan_decoder(path, cut_proto, rt)?;
+        let cross = plan_decoder(
+            path,
+            ModelProto {
+                graph: Some(cut.graph),
+                ..header
+            },
+            rt,
+        )?;
         let renames: Vec<(String, String)> = cut
             .outputs
             .iter()
@@ -235,7 +246,7 @@ fn cut_encoder_only(path: &Path, step: ModelProto, rt: Runtime) -> Result<(Graph
         }
         Ok((plan_decoder(path, cut_step, rt)?, cross))
     };
-    match attempt() {
+    match attempt(cut) {
         Ok((with_past, cross)) => Ok((with_past, Some(cross))),
         Err(e) => {
             log::debug!(
