@@ -3,36 +3,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::*;
 use prost::Message;
-
-fn glance(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_glance"))
-        .args(args)
-        .env("RUST_LOG", "error")
-        .output()
-        .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// A failing run: nonzero exit, one `glance:` line naming `what`, no panic.
-fn assert_clean_error(out: &Output, what: &str) {
-    let err = text(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "expected failure, got success; stderr: {err}"
-    );
-    assert!(!err.contains("panicked"), "panic: {err}");
-    let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(lines.len(), 1, "expected one error line, got: {err}");
-    assert!(lines[0].starts_with("glance: "), "{err}");
-    assert!(lines[0].contains(what), "error should name {what}: {err}");
-}
 
 fn copy_model(tag: &str) -> TempDir {
     let tmp = TempDir::new(tag);
@@ -54,7 +28,7 @@ fn replace(dir: &Path, name: &str, bytes: &[u8]) {
 #[test]
 fn json_output_has_the_contracted_fields() {
     let model = model_fixture("trocr");
-    let out = glance(&[
+    let out = run_glance(&[
         "run",
         "--model",
         model.to_str().unwrap(),
@@ -94,7 +68,7 @@ fn pixel_values_round_trip_through_npy() {
     let npy = tmp.path().join("pv.npy");
     let model = model_fixture("trocr");
     let m = model.to_str().unwrap();
-    let a = glance(&[
+    let a = run_glance(&[
         "run",
         "--model",
         m,
@@ -104,7 +78,7 @@ fn pixel_values_round_trip_through_npy() {
         image("gray.png").to_str().unwrap(),
     ]);
     assert!(a.status.success(), "{}", text(&a.stderr));
-    let b = glance(&[
+    let b = run_glance(&[
         "run",
         "--model",
         m,
@@ -125,7 +99,7 @@ fn pixel_values_round_trip_through_npy() {
 fn missing_config_is_named() {
     let tmp = copy_model("noconfig");
     std::fs::remove_file(tmp.path().join("config.json")).unwrap();
-    let out = glance(&[
+    let out = run_glance(&[
         "run",
         "--model",
         tmp.path().to_str().unwrap(),
@@ -138,7 +112,7 @@ fn missing_config_is_named() {
 fn garbled_config_is_named() {
     let tmp = copy_model("badconfig");
     replace(tmp.path(), "config.json", b"{\"encoder\": [1, 2");
-    let out = glance(&[
+    let out = run_glance(&[
         "run",
         "--model",
         tmp.path().to_str().unwrap(),
@@ -155,7 +129,7 @@ fn garbled_config_is_named() {
         "config.json",
         &std::fs::read(model_fixture("trocr").join("config.json")).unwrap(),
     );
-    let out = glance(&[
+    let out = run_glance(&[
         "run",
         "--model",
         tmp.path().to_str().unwrap(),
@@ -169,7 +143,7 @@ fn truncated_onnx_is_named() {
     let tmp = copy_model("truncated");
     let bytes = std::fs::read(model_fixture("trocr").join("decoder_model.onnx")).unwrap();
     replace(tmp.path(), "decoder_model.onnx", &bytes[..bytes.len() / 2]);
-    let out = glance(&[
+    let out = run_glance(&[
         "run",
         "--model",
         tmp.path().to_str().unwrap(),
@@ -189,7 +163,7 @@ fn directory_without_decoder_is_named() {
     ] {
         link(&model_fixture("trocr").join(name), &tmp.path().join(name));
     }
-    let out = glance(&[
+    let out = run_glance(&[
         "run",
         "--model",
         tmp.path().to_str().unwrap(),
@@ -213,7 +187,7 @@ fn unsupported_operator_is_named() {
         .unwrap();
     node.op_type = "FancyAdd".into();
     replace(tmp.path(), "encoder_model.onnx", &proto.encode_to_vec());
-    let out = glance(&[
+    let out = run_glance(&[
         "run",
         "--model",
         tmp.path().to_str().unwrap(),
@@ -228,7 +202,7 @@ fn unreadable_image_is_named_and_others_still_run() {
     let bad = tmp.path().join("broken.png");
     std::fs::write(&bad, b"\x89PNG\r\n\x1a\nnot really").unwrap();
     let model = model_fixture("trocr");
-    let out = glance(&[
+    let out = run_glance(&[
         "run",
         "--model",
         model.to_str().unwrap(),

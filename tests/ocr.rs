@@ -5,16 +5,10 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-fn glance() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_glance"));
-    c.env("RUST_LOG", "error");
-    c
-}
 
 fn sample(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -24,35 +18,25 @@ fn sample(name: &str) -> PathBuf {
 
 #[test]
 fn ocr_reads_a_line_with_the_default_model() {
-    let out = glance()
+    let out = glance_command()
         .args(["ocr", "--line"])
         .arg(sample("line.png"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
+        success_stdout(&out).trim(),
         "glance reads text on a Raspberry Pi."
     );
 }
 
 #[test]
 fn ocr_reads_a_page_in_reading_order() {
-    let out = glance()
+    let out = glance_command()
         .args(["ocr", "--json"])
         .arg(sample("invoice.png"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&success_stdout(&out)).unwrap();
     let lines = v["lines"].as_array().unwrap();
     assert_eq!(lines.len(), 3, "{v}");
     assert_eq!(lines[0]["text"], "Invoice 2024-0117, due 12 March 2024");
@@ -82,7 +66,7 @@ fn ocr_reads_a_page_in_reading_order() {
 
 fn caption_json(args: &[&str], stdin: Option<Vec<u8>>) -> Vec<serde_json::Value> {
     let model = model_fixture("vitgpt2");
-    let mut cmd = glance();
+    let mut cmd = glance_command();
     cmd.args(["caption", "--json", "--max-new-tokens", "6", "--model"])
         .arg(&model)
         .args(args);
@@ -98,12 +82,7 @@ fn caption_json(args: &[&str], stdin: Option<Vec<u8>>) -> Vec<serde_json::Value>
         child.stdin.take().unwrap().write_all(&bytes).unwrap();
     }
     let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
+    success_stdout(&out)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
@@ -148,7 +127,7 @@ fn caption_takes_directories_recursively_in_order() {
 fn caption_watches_a_folder() {
     let tmp = TempDir::new("watch");
     let model = model_fixture("vitgpt2");
-    let mut child = glance()
+    let mut child = glance_command()
         .args(["caption", "--json", "--max-new-tokens", "4", "--model"])
         .arg(&model)
         .arg("--watch")

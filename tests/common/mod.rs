@@ -3,11 +3,48 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use glance::{DecoderForm, Dtype, EarlyStopping, GenerateOptions, GenerationOptions, PixelValues};
 use serde_json::Value;
 
 pub const ARCHS: [&str; 3] = ["trocr", "vitgpt2", "donut"];
+
+/// The `glance` binary of this build, quiet below errors.
+pub fn glance_command() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_glance"));
+    c.env("RUST_LOG", "error");
+    c
+}
+
+/// Runs `glance` with `args` to its end.
+pub fn run_glance(args: &[&str]) -> Output {
+    glance_command().args(args).output().unwrap()
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The standard output of a run that must have succeeded (its stderr shown if not).
+pub fn success_stdout(out: &Output) -> String {
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// A failing run: nonzero exit, one `glance:` line naming `what`, no panic.
+pub fn assert_clean_error(out: &Output, what: &str) {
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {err}"
+    );
+    assert!(!err.contains("panicked"), "panic: {err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {err}");
+    assert!(lines[0].starts_with("glance: "), "{err}");
+    assert!(lines[0].contains(what), "error should name {what}: {err}");
+}
 
 /// Opens a fixture model directory on one thread.
 pub fn open_fixture(name: &str) -> glance::Model {
