@@ -520,6 +520,12 @@ def calibrate_eos(model, pvs: dict, eos: int):
             seqs.add(tuple(body))
         return 2 <= n_eos <= len(names) - 2 and len(seqs) >= 5
 
+    return widest_valid_scale(check)
+
+
+def widest_valid_scale(check, min_width: float = 0.0):
+    """The middle of the widest run of EOS row scales (grid 0.25..4, step 0.01) for which check(scale)
+    holds: (scale, reason), or (None, reason) when no run exists or the widest is narrower than min_width."""
     grid = np.round(np.arange(0.25, 4.0001, 0.01), 2)
     ok = [check(float(x)) for x in grid]
     best, run = None, None
@@ -532,6 +538,8 @@ def calibrate_eos(model, pvs: dict, eos: int):
             run = None
     if best is None:
         return None, "no EOS scale fits"
+    if grid[best[1] - 1] - grid[best[0]] < min_width - 1e-9:
+        return None, f"EOS scale range {grid[best[0]]}..{grid[best[1] - 1]} too narrow"
     return float(grid[(best[0] + best[1] - 1) // 2]), f"valid {grid[best[0]]}..{grid[best[1] - 1]}"
 
 

@@ -205,21 +205,7 @@ def pick_eos_scale(profiles: list, min_eos: int, min_max: int, min_width: float 
             n_eos += t_eos is not None
         return n_eos >= min_eos and len(profiles) - n_eos >= min_max
 
-    grid = np.round(np.arange(0.25, 4.0001, 0.01), 2)
-    flags = [ok(float(x)) for x in grid] + [False]
-    best, run = None, None
-    for i, v in enumerate(flags):
-        if v and run is None:
-            run = i
-        if not v and run is not None:
-            if best is None or i - run > best[1] - best[0]:
-                best = (run, i)
-            run = None
-    if best is None:
-        return None, "no EOS scale fits"
-    if grid[best[1] - 1] - grid[best[0]] < min_width - 1e-9:
-        return None, f"EOS scale range {grid[best[0]]}..{grid[best[1] - 1]} too narrow"
-    return float(grid[(best[0] + best[1] - 1) // 2]), f"valid {grid[best[0]]}..{grid[best[1] - 1]}"
+    return mf.widest_valid_scale(ok, min_width)
 
 
 def greedy_record(out, raw_tok):
