@@ -21,9 +21,11 @@
 pub mod bench;
 pub mod decode;
 pub mod error;
+pub mod ffi;
 pub mod inputs;
 pub mod model;
 pub mod ocr;
+mod report;
 pub mod text;
 pub mod vision;
 

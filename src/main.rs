@@ -427,7 +427,7 @@ fn ocr(args: &OcrArgs) -> Result<bool, Error> {
                 .iter()
                 .map(|l| json!({"text": l.text, "box": [l.bbox.x, l.bbox.y, l.bbox.width, l.bbox.height], "score": l.score}))
                 .collect();
-            json!({"image": name, "text": page.text, "lines": lines, "timings_ms": timings(&page.timings)}).to_string()
+            json!({"image": name, "text": page.text, "lines": lines, "timings_ms": page.timings.to_json()}).to_string()
         } else {
             page.text
         })
@@ -484,11 +484,17 @@ fn caption(args: &CaptionArgs) -> Result<bool, Error> {
         let out = model.generate(&pixels, &options)?.remove(0);
         let text = out.text.trim().to_string();
         Ok(if args.inputs.json {
-            let t = glance::Timings {
-                preprocess_ms,
-                ..out.timings
-            };
-            json!({"image": name, "text": text, "tokens": out.tokens, "score": out.score, "truncated": out.truncated, "timings_ms": timings(&t)}).to_string()
+            let mut obj = glance::Output {
+                timings: glance::Timings {
+                    preprocess_ms,
+                    ..out.timings
+                },
+                ..out
+            }
+            .to_json();
+            obj["image"] = json!(name);
+            obj["text"] = json!(text);
+            obj.to_string()
         } else {
             text
         })
@@ -627,10 +633,6 @@ fn tokenize(args: &TokenizeArgs) -> Result<bool, Error> {
     })
 }
 
-fn timings(t: &glance::Timings) -> serde_json::Value {
-    json!({"preprocess": t.preprocess_ms, "encode": t.encode_ms, "decode": t.decode_ms})
-}
-
 /// Runs `work` on every input image and prints its line; an image that fails is reported and
 /// the others still run. Returns whether all succeeded.
 fn for_each_input(
@@ -724,27 +726,15 @@ fn print_output(
     preprocess_ms: f64,
 ) -> Result<(), Error> {
     let line = if args.json {
-        let mut obj = json!({
-            "image": image,
-            "text": result.text,
-            "tokens": result.tokens,
-            "score": result.score,
-            "timings_ms": {
-                "preprocess": preprocess_ms,
-                "encode": result.timings.encode_ms,
-                "decode": result.timings.decode_ms,
+        let mut obj = glance::Output {
+            timings: glance::Timings {
+                preprocess_ms,
+                ..result.timings
             },
-        });
-        if result.sequences.len() > 1 {
-            obj["sequences"] = json!(result
-                .sequences
-                .iter()
-                .map(|s| json!({"tokens": s.tokens, "text": s.text, "score": s.score}))
-                .collect::<Vec<_>>());
+            ..result.clone()
         }
-        if result.truncated {
-            obj["truncated"] = json!(true);
-        }
+        .to_json();
+        obj["image"] = json!(image);
         obj.to_string()
     } else if result.sequences.len() > 1 {
         result
