@@ -57,7 +57,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 pub fn read_file(path: &Path) -> Input {
     Input {
         name: path.display().to_string(),
-        bytes: std::fs::read(path).map_err(|e| Error::io(path, e)),
+        bytes: crate::vision::image::read_encoded(path),
     }
 }
 

@@ -160,11 +160,18 @@ pub struct Model {
     graphs: Graphs,
     processor: ImageProcessor,
     text: Text,
+    max_image_pixels: u64,
 }
 
 impl Model {
     /// Opens a model directory (Optimum layout, or transformers.js with graphs under `onnx/`).
     pub fn open(dir: &Path, options: &OpenOptions) -> Result<Model> {
+        let max_image_pixels = options
+            .max_image_pixels
+            .unwrap_or(vision::image::DEFAULT_MAX_PIXELS);
+        if max_image_pixels == 0 {
+            return Err(Error::Option("max_image_pixels must be at least 1".into()));
+        }
         let dir = ModelDir::open(dir, options)?;
         let processor = vision::preprocess::load(&dir.root)?;
         let text = Text::load(&dir.root)?;
@@ -178,7 +185,19 @@ impl Model {
             graphs,
             processor,
             text,
+            max_image_pixels,
         })
+    }
+
+    /// The largest image, in pixels, this model takes ([`OpenOptions::max_image_pixels`]).
+    pub fn max_image_pixels(&self) -> u64 {
+        self.max_image_pixels
+    }
+
+    /// Decodes an encoded image (PNG, JPEG, …) within this model's pixel limit; `name` names it
+    /// in errors.
+    pub fn decode_image(&self, bytes: &[u8], name: &Path) -> Result<Rgb8> {
+        Rgb8::decode(bytes, name, self.max_image_pixels)
     }
 
     pub fn dir(&self) -> &ModelDir {
@@ -204,12 +223,29 @@ impl Model {
 
     /// Decodes an image file and brings it to `resolution` for this model.
     pub fn load_image_at(&self, path: &Path, resolution: Resolution) -> Result<PixelValues> {
-        self.preprocess(&Rgb8::open(path)?, resolution)
+        self.preprocess(&Rgb8::open_within(path, self.max_image_pixels)?, resolution)
     }
 
     /// Preprocesses an image for this model at `resolution`: the image processor's own size,
     /// an exact size, or the image's aspect ratio within the encoder's patch budget.
     pub fn preprocess(&self, image: &Rgb8, resolution: Resolution) -> Result<PixelValues> {
+        let (w, h) = (image.width, image.height);
+        if w == 0 || h == 0 {
+            return Err(Error::Option(format!("the image is empty ({w}x{h})")));
+        }
+        if image.data.len() != w * h * 3 {
+            return Err(Error::Option(format!(
+                "an RGB image of {w}x{h} pixels needs {} bytes, not {}",
+                w.saturating_mul(h).saturating_mul(3),
+                image.data.len()
+            )));
+        }
+        if (w as u64).saturating_mul(h as u64) > self.max_image_pixels {
+            return Err(Error::Option(format!(
+                "the image is {w}x{h} pixels, more than the limit of {}",
+                self.max_image_pixels
+            )));
+        }
         let sizes = self.graphs.encoder.sizes();
         match resolution {
             Resolution::Native => Ok(self.processor.preprocess(image)),
@@ -471,6 +507,17 @@ impl Model {
             )));
         }
         let config = GenerationConfig::resolve(&options.generation, &model, prompt.len(), vocab)?;
+        if let Some(positions) = self.dir.decoder.positions {
+            if config.max_length > positions {
+                return Err(Error::Option(format!(
+                    "max_length {} (a decoder prompt of {} tokens and up to {} new ones) is more than the {positions} positions the decoder has ({}#decoder)",
+                    config.max_length,
+                    prompt.len(),
+                    config.max_length - prompt.len(),
+                    self.dir.config.path.display()
+                )));
+            }
+        }
         Ok((prompt, config))
     }
 

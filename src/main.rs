@@ -74,6 +74,10 @@ struct ModelArgs {
     /// fast, else f32), f32, int8, or f16 (keep fp16 files in f16).
     #[arg(long, default_value = "auto")]
     compute: Compute,
+    /// The largest image glance decodes, in pixels (default 100000000); larger files are
+    /// refused from their header, before any pixel is allocated.
+    #[arg(long, value_name = "N")]
+    max_pixels: Option<u64>,
 }
 
 impl ModelArgs {
@@ -86,6 +90,7 @@ impl ModelArgs {
             decoder: self.decoder,
             threads,
             compute: self.compute,
+            max_image_pixels: self.max_pixels,
         }
     }
 }
@@ -332,6 +337,16 @@ impl RunArgs {
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    // A panic inside tract is caught and reported as an error naming the graph: the user sees
+    // that one line, not a backtrace as well.
+    let report_panic = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if glance::model::graph::running_graph() {
+            log::debug!("{info}");
+        } else {
+            report_panic(info)
+        }
+    }));
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(&args),
@@ -416,7 +431,7 @@ fn ocr(args: &OcrArgs) -> Result<bool, Error> {
     } else {
         PageMode::Page
     };
-    for_each_input(&args.inputs, |name, image| {
+    for_each_input(&args.inputs, model.max_image_pixels(), |name, image| {
         if let Some(dir) = &args.save_chunks {
             save_chunks(&model, dir, name, image, mode)?;
         }
@@ -477,7 +492,7 @@ fn caption(args: &CaptionArgs) -> Result<bool, Error> {
         time_budget: args.time_budget_ms.map(std::time::Duration::from_millis),
         ..Default::default()
     };
-    for_each_input(&args.inputs, |name, image| {
+    for_each_input(&args.inputs, model.max_image_pixels(), |name, image| {
         let start = Instant::now();
         let pixels = model.preprocess(image, resolution)?;
         let preprocess_ms = start.elapsed().as_secs_f64() * 1000.0;
@@ -522,7 +537,7 @@ fn bench(args: &BenchArgs) -> Result<bool, Error> {
         let model = Model::open(&args.model, &options.open)?;
         Some(glance::bench::profile(
             &model,
-            &Rgb8::open(&args.image)?,
+            &Rgb8::open_within(&args.image, model.max_image_pixels())?,
             &options,
         )?)
     } else {
@@ -625,7 +640,7 @@ fn matmul(threads: usize, runs: usize, shapes: &[String], json: bool) -> Result<
 fn tokenize(args: &TokenizeArgs) -> Result<bool, Error> {
     let model = Model::open(&args.model, &args.model_args.options())?;
     let resolution = args.resolution.resolution();
-    for_each_input(&args.inputs, |name, image| {
+    for_each_input(&args.inputs, model.max_image_pixels(), |name, image| {
         let pixels = model.preprocess(image, resolution)?;
         let grid = model.tokenize(&pixels)?.remove(0);
         let rows: Vec<&[i64]> = grid.ids.chunks(grid.cols.max(1)).collect();
@@ -637,6 +652,7 @@ fn tokenize(args: &TokenizeArgs) -> Result<bool, Error> {
 /// the others still run. Returns whether all succeeded.
 fn for_each_input(
     args: &InputArgs,
+    max_pixels: u64,
     mut work: impl FnMut(&str, &Rgb8) -> Result<String, Error>,
 ) -> Result<bool, Error> {
     if args.images.is_empty() && args.watch.is_none() {
@@ -672,13 +688,7 @@ fn for_each_input(
         }
         let result = input
             .bytes
-            .and_then(|bytes| {
-                Rgb8::decode(
-                    &bytes,
-                    Path::new(&input.name),
-                    glance::vision::image::DEFAULT_MAX_PIXELS,
-                )
-            })
+            .and_then(|bytes| Rgb8::decode(&bytes, Path::new(&input.name), max_pixels))
             .and_then(|image| work(&input.name, &image));
         match result {
             Ok(line) => {

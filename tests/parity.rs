@@ -19,9 +19,9 @@ fn open_with(dir: &std::path::Path, dtype: Dtype, compute: Compute) -> Model {
         dir,
         &OpenOptions {
             dtype: Some(dtype),
-            decoder: None,
             threads: 1,
             compute,
+            ..Default::default()
         },
     )
     .unwrap_or_else(|e| panic!("opening {}: {e}", dir.display()))

@@ -204,6 +204,11 @@ impl GenerationConfig {
                 "num_return_sequences ({num_return_sequences}) must be between 1 and num_beams ({num_beams})"
             )));
         }
+        if max_length > MAX_TOKENS {
+            return Err(Error::Option(format!(
+                "max_length {max_length} is more than glance's limit of {MAX_TOKENS} tokens"
+            )));
+        }
         if max_length <= prompt_len {
             return Err(Error::Option(format!(
                 "max_length ({max_length}) leaves no room to generate after a decoder prompt of {prompt_len} tokens"

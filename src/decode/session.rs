@@ -252,9 +252,12 @@ impl Session<'_> {
             self.cached_len = len;
         }
         self.steps += 1;
-        if let Some(r) = (0..logits.rows()).find(|&r| logits.row(r).iter().any(|x| x.is_nan())) {
+        // +inf or NaN means the arithmetic broke down (overflow, NaN input); -inf is a token a
+        // graph masks out on purpose.
+        let broken = |x: &f32| x.is_nan() || *x == f32::INFINITY;
+        if let Some(r) = (0..logits.rows()).find(|&r| logits.row(r).iter().any(broken)) {
             return Err(Error::Generation(format!(
-                "the decoder returned NaN logits for row {r} at step {} ({})",
+                "the decoder returned NaN or infinite logits for row {r} at step {} ({})",
                 self.steps,
                 graph.path.display()
             )));

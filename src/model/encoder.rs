@@ -14,6 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use tract_onnx::pb::{ModelProto, ValueInfoProto};
 use tract_onnx::prelude::*;
 
 use super::graph::{self, Graph, NodeTime, Shapes};
@@ -195,6 +196,7 @@ impl Plans {
             return Ok(g.clone());
         }
         let mut proto = graph::read_proto(&self.path)?;
+        self.check_inputs(&proto)?;
         prepare_proto(&mut proto, &self.path, self.rt.compute)?;
         if let (Some((table, patch)), Some(g)) = (&self.position, proto.graph.as_mut()) {
             let grid = (shape[2] / patch.height, shape[3] / patch.width);
@@ -211,23 +213,56 @@ impl Plans {
             batch_of_one: false,
         };
         let g = Graph::prepare(&self.path, &proto, &shapes, self.rt.threads)?;
-        let extra = g
-            .inputs
+        made.push((shape.to_vec(), g.clone()));
+        Ok(g)
+    }
+
+    /// The graph takes this stage's input (float pixels or embeddings; integer ids), and at most an attention mask
+    /// besides: checked before tract analyses the graph, whose errors would not say that the
+    /// file has the wrong layout.
+    fn check_inputs(&self, proto: &ModelProto) -> Result<()> {
+        use tract_onnx::pb::{tensor_proto::DataType, type_proto::Value};
+        let inputs = proto
+            .graph
+            .as_ref()
+            .map(surgery::real_inputs)
+            .unwrap_or_default();
+        let elem_type = |i: &ValueInfoProto| match i.r#type.as_ref().and_then(|t| t.value.as_ref())
+        {
+            Some(Value::TensorType(t)) => Some(t.elem_type),
+            _ => None,
+        };
+        let expected = if self.input == names::INPUT_IDS {
+            [DataType::Int64, DataType::Int32]
+        } else {
+            [DataType::Float, DataType::Float16]
+        }
+        .map(|t| t as i32);
+        let ours = inputs.iter().find(|i| i.name == self.input);
+        let extra = inputs
             .iter()
-            .any(|p| p.name != self.input && p.name != ATTENTION_MASK);
-        if g.input(self.input).is_none() || extra {
-            let found: Vec<String> = g.inputs.iter().map(|p| p.describe()).collect();
+            .any(|i| i.name != self.input && i.name != ATTENTION_MASK);
+        let wrong_type = ours
+            .and_then(|i| elem_type(i))
+            .is_some_and(|t| !expected.contains(&t));
+        if ours.is_none() || extra || wrong_type {
+            let found: Vec<String> = inputs
+                .iter()
+                .map(|i| {
+                    let dt = elem_type(i).and_then(|t| DataType::try_from(t).ok());
+                    format!("{} ({})", i.name, dt.map_or("?", |t| t.as_str_name()))
+                })
+                .collect();
             return Err(Error::graph(
                 &self.path,
                 format!(
-                    "this graph must take {} (and optionally {ATTENTION_MASK}); found {}",
+                    "this graph must take {} (float pixels or embeddings, integer ids; optionally {ATTENTION_MASK}); found {}",
                     self.input,
                     found.join(", ")
                 ),
             ));
         }
-        made.push((shape.to_vec(), g.clone()));
-        Ok(g)
+        Ok(())
     }
 
     /// Runs the plan for `input`'s shape; returns the first output, or the one named `output`.

@@ -35,6 +35,10 @@ pub struct OpenOptions {
     pub threads: usize,
     /// The arithmetic of quantized and fp16 graphs (default: what this CPU runs fastest).
     pub compute: Compute,
+    /// The largest image, in pixels, that [`crate::Model`] decodes or takes (`None`:
+    /// [`crate::vision::image::DEFAULT_MAX_PIXELS`]). Files whose header claims more are refused
+    /// before any pixel is allocated (decompression bombs).
+    pub max_image_pixels: Option<u64>,
 }
 
 /// How graphs are prepared: the parts of [`OpenOptions`] every graph needs.
@@ -54,7 +58,43 @@ pub struct ModelDir {
     pub generation: GenerationOptions,
     /// The encoder's `model_type` (`vit`, `deit`, `donut-swin`, …).
     pub encoder_type: String,
+    /// What config.json says about the decoder's sizes.
+    pub decoder: DecoderSizes,
     pub files: GraphFiles,
+}
+
+/// The decoder sizes config.json gives, checked against the graph at load and against the
+/// requested length before each generation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DecoderSizes {
+    /// `vocab_size`: must equal the width of the decoder's logits.
+    pub vocab_size: Option<usize>,
+    /// The rows of a learned or precomputed position table (`max_position_embeddings`,
+    /// GPT-2's `n_positions`): the longest sequence the decoder can run on. Past it the
+    /// graph's Gather would index outside the table.
+    pub positions: Option<usize>,
+}
+
+impl DecoderSizes {
+    fn read(config: &JsonFile) -> Result<DecoderSizes> {
+        let Some(dec) = config.section("decoder")? else {
+            return Ok(DecoderSizes::default());
+        };
+        let positive = |key: &str| -> Result<Option<usize>> {
+            match dec.usize(key, usize::MAX)? {
+                Some(0) => Err(dec.error(format!("\"{key}\" is 0"))),
+                other => Ok(other),
+            }
+        };
+        let positions = match positive("max_position_embeddings")? {
+            Some(n) => Some(n),
+            None => positive("n_positions")?,
+        };
+        Ok(DecoderSizes {
+            vocab_size: positive("vocab_size")?,
+            positions,
+        })
+    }
 }
 
 impl ModelDir {
@@ -78,12 +118,14 @@ impl ModelDir {
             Some(file) => GenerationOptions::from_json(&file)?,
             None => GenerationOptions::from_model_config(&config)?,
         };
+        let decoder = DecoderSizes::read(&config)?;
         let files = layout::find_graphs(root, options.dtype, options.decoder)?;
         Ok(ModelDir {
             root: root.to_path_buf(),
             config,
             generation,
             encoder_type,
+            decoder,
             files,
         })
     }
@@ -336,8 +378,17 @@ pub struct Graphs {
 
 impl Graphs {
     pub fn load(dir: &ModelDir, encoder_size: Option<Size>, rt: Runtime) -> Result<Graphs> {
-        let encoder = Encoder::load(dir, encoder_size, rt)?;
         let decoder = load_decoder(&dir.files.decoder, rt)?;
+        if let Some(n) = dir.decoder.vocab_size.filter(|&n| n != decoder.vocab_size) {
+            return Err(Error::config(
+                &dir.config.path,
+                format!(
+                    "decoder.vocab_size is {n} but the decoder graph's logits have {} entries: the config and the graphs are not from one model",
+                    decoder.vocab_size
+                ),
+            ));
+        }
+        let encoder = Encoder::load(dir, encoder_size, rt)?;
         Ok(Graphs { encoder, decoder })
     }
 }

@@ -1,12 +1,14 @@
 //! Reading images as transformers' `load_image` gives them to an image processor: decoded,
 //! EXIF orientation applied, converted to 8-bit RGB.
 
-use std::io::Cursor;
+use std::fs::File;
+use std::io::{Cursor, Read};
 use std::path::Path;
 
 use image::{DynamicImage, ImageDecoder, ImageReader};
 
 use super::pil_jpeg;
+use super::stream::MAX_FRAME_BYTES;
 
 use crate::error::{Error, Result};
 
@@ -22,6 +24,35 @@ pub struct Rgb8 {
 /// A file whose header claims more is refused before any pixel is allocated.
 pub const DEFAULT_MAX_PIXELS: u64 = 100_000_000;
 
+/// Reads an encoded image file, refusing one larger than a stream frame may be
+/// ([`MAX_FRAME_BYTES`]): a device file or a huge file must not fill memory.
+pub fn read_encoded(path: &Path) -> Result<Vec<u8>> {
+    let too_big = || {
+        Error::image(
+            path,
+            format!(
+                "the file is larger than the limit of {} MiB",
+                MAX_FRAME_BYTES >> 20
+            ),
+        )
+    };
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    if file
+        .metadata()
+        .is_ok_and(|m| m.len() > MAX_FRAME_BYTES as u64)
+    {
+        return Err(too_big());
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FRAME_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    if bytes.len() > MAX_FRAME_BYTES {
+        return Err(too_big());
+    }
+    Ok(bytes)
+}
+
 impl Rgb8 {
     pub fn new(width: usize, height: usize, data: Vec<u8>) -> Rgb8 {
         debug_assert_eq!(data.len(), width * height * 3);
@@ -35,8 +66,12 @@ impl Rgb8 {
     /// Decodes an image file. `path` is only used to name the image in errors and to guess
     /// the format when the content does not tell.
     pub fn open(path: &Path) -> Result<Rgb8> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        Self::decode(&bytes, path, DEFAULT_MAX_PIXELS)
+        Self::open_within(path, DEFAULT_MAX_PIXELS)
+    }
+
+    /// [`Rgb8::open`] for images of at most `max_pixels` pixels.
+    pub fn open_within(path: &Path, max_pixels: u64) -> Result<Rgb8> {
+        Self::decode(&read_encoded(path)?, path, max_pixels)
     }
 
     /// Decodes an encoded image (PNG, JPEG, …) held in memory.
