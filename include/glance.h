@@ -54,7 +54,8 @@ extern "C" {
  `options_json` may be NULL or a JSON object with any of `"threads"` (threads for matrix
  products; default: the CPUs available), `"dtype"` (`"fp32"`, `"fp16"`, `"q8"`, `"int8"`,
  `"uint8"`, `"q4"`), `"decoder"` (`"split"`, `"merged"`, `"no-past"`), `"compute"`
- (`"auto"`, `"f32"`, `"int8"`, `"f16"`). Unknown keys are errors.
+ (`"auto"`, `"f32"`, `"int8"`, `"f16"`), `"max_image_pixels"` (the largest image taken;
+ default 100000000). Unknown keys are errors.
 
  Returns a handle for the other calls, to be closed with `glance_model_close`, or NULL on
  error (see `glance_last_error`).
@@ -107,8 +108,9 @@ char *glance_generate_file(struct GlanceModel *model,
  Generates text for an image in memory: `height` rows of `width` pixels, `stride` bytes from
  one row to the next, each pixel `channels` bytes: 3 (R, G, B) or 4 (R, G, B, A; alpha is
  ignored, as Pillow's `convert("RGB")` does). `pixels` holds `len` bytes, at least
- `stride * (height - 1) + width * channels`. Sizes that are zero, overflow, exceed 100
- megapixels or do not fit in `len` are errors.
+ `stride * (height - 1) + width * channels`. Sizes that are zero, overflow, exceed the
+ model's pixel limit (`max_image_pixels`, 100 megapixels by default) or do not fit in `len`
+ are errors, found before any pixel is read.
 
  Options, callback and result as `glance_generate_file`.
 

@@ -37,7 +37,6 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::vision::image::DEFAULT_MAX_PIXELS;
 use crate::{
     EarlyStopping, Error, GenerateOptions, Model, OpenOptions, PixelValues, Resolution, Rgb8, Size,
     Token,
@@ -240,10 +239,11 @@ fn unknown(key: &str, known: &[&str]) -> Failure {
     format!("unknown option \"{key}\" (known: {})", known.join(", ")).into()
 }
 
-const OPEN_KEYS: [&str; 4] = ["threads", "dtype", "decoder", "compute"];
+const OPEN_KEYS: [&str; 5] = ["threads", "dtype", "decoder", "compute", "max_image_pixels"];
 
 /// The options of `glance_model_open`: `threads` (default: the CPUs available), `dtype`,
-/// `decoder`, `compute`, as the command line's `--threads`, `--dtype`, `--decoder`, `--compute`.
+/// `decoder`, `compute`, `max_image_pixels`, as the command line's `--threads`, `--dtype`,
+/// `--decoder`, `--compute`, `--max-pixels`.
 fn open_options(json: Option<&str>) -> Outcome<OpenOptions> {
     let mut o = OpenOptions {
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -255,6 +255,7 @@ fn open_options(json: Option<&str>) -> Outcome<OpenOptions> {
             "dtype" => o.dtype = named(&key, value)?,
             "decoder" => o.decoder = named(&key, value)?,
             "compute" => o.compute = named(&key, value)?.unwrap_or_default(),
+            "max_image_pixels" => o.max_image_pixels = field(&key, value)?,
             _ => return Err(unknown(&key, &OPEN_KEYS)),
         }
     }
@@ -390,8 +391,15 @@ fn rgb_from_buffer(
     Rgb8::new(width, height, data)
 }
 
-/// The bytes an image of these dimensions needs, after checking they make sense.
-fn buffer_len(width: usize, height: usize, stride: usize, channels: usize) -> Outcome<usize> {
+/// The bytes an image of these dimensions needs, after checking they make sense and that the
+/// image has at most `max_pixels` pixels.
+fn buffer_len(
+    width: usize,
+    height: usize,
+    stride: usize,
+    channels: usize,
+    max_pixels: u64,
+) -> Outcome<usize> {
     if width == 0 || height == 0 {
         return Err(format!("the image is empty ({width}x{height})").into());
     }
@@ -408,11 +416,10 @@ fn buffer_len(width: usize, height: usize, stride: usize, channels: usize) -> Ou
         .checked_mul(height - 1)
         .and_then(|n| n.checked_add(row))
         .ok_or("stride x height overflows")?;
-    if (width as u64).saturating_mul(height as u64) > DEFAULT_MAX_PIXELS {
-        return Err(format!(
-            "{width}x{height} is more than the limit of {DEFAULT_MAX_PIXELS} pixels"
-        )
-        .into());
+    if (width as u64).saturating_mul(height as u64) > max_pixels {
+        return Err(
+            format!("{width}x{height} is more than the limit of {max_pixels} pixels").into(),
+        );
     }
     Ok(len)
 }
@@ -458,7 +465,8 @@ unsafe fn generate(
 /// `options_json` may be NULL or a JSON object with any of `"threads"` (threads for matrix
 /// products; default: the CPUs available), `"dtype"` (`"fp32"`, `"fp16"`, `"q8"`, `"int8"`,
 /// `"uint8"`, `"q4"`), `"decoder"` (`"split"`, `"merged"`, `"no-past"`), `"compute"`
-/// (`"auto"`, `"f32"`, `"int8"`, `"f16"`). Unknown keys are errors.
+/// (`"auto"`, `"f32"`, `"int8"`, `"f16"`), `"max_image_pixels"` (the largest image taken;
+/// default 100000000). Unknown keys are errors.
 ///
 /// Returns a handle for the other calls, to be closed with `glance_model_close`, or NULL on
 /// error (see `glance_last_error`).
@@ -547,8 +555,9 @@ pub unsafe extern "C" fn glance_generate_file(
 /// Generates text for an image in memory: `height` rows of `width` pixels, `stride` bytes from
 /// one row to the next, each pixel `channels` bytes: 3 (R, G, B) or 4 (R, G, B, A; alpha is
 /// ignored, as Pillow's `convert("RGB")` does). `pixels` holds `len` bytes, at least
-/// `stride * (height - 1) + width * channels`. Sizes that are zero, overflow, exceed 100
-/// megapixels or do not fit in `len` are errors.
+/// `stride * (height - 1) + width * channels`. Sizes that are zero, overflow, exceed the
+/// model's pixel limit (`max_image_pixels`, 100 megapixels by default) or do not fit in `len`
+/// are errors, found before any pixel is read.
 ///
 /// Options, callback and result as `glance_generate_file`.
 ///
@@ -570,25 +579,26 @@ pub unsafe extern "C" fn glance_generate_rgb(
     user_data: *mut c_void,
 ) -> *mut c_char {
     entry(ptr::null_mut(), || {
-        if pixels.is_null() {
-            return Err("pixels is NULL".into());
-        }
-        let needed = buffer_len(width, height, stride, channels)?;
-        if len < needed {
-            return Err(format!(
-                "the buffer holds {len} bytes; a {width}x{height} image with stride {stride} and {channels} channels needs {needed}"
-            )
-            .into());
-        }
-        // SAFETY: the caller guarantees `len` readable bytes at `pixels`, and `needed <= len`.
-        let bytes = unsafe { std::slice::from_raw_parts(pixels, needed) };
+        let load = |m: &Model, res| -> Outcome<PixelValues> {
+            if pixels.is_null() {
+                return Err("pixels is NULL".into());
+            }
+            // Checked before any byte is read or copied.
+            let needed = buffer_len(width, height, stride, channels, m.max_image_pixels())?;
+            if len < needed {
+                return Err(format!(
+                    "the buffer holds {len} bytes; a {width}x{height} image with stride {stride} and {channels} channels needs {needed}"
+                )
+                .into());
+            }
+            // SAFETY: the caller guarantees `len` readable bytes at `pixels`, and
+            // `needed <= len`.
+            let bytes = unsafe { std::slice::from_raw_parts(pixels, needed) };
+            let image = rgb_from_buffer(bytes, width, height, stride, channels);
+            Ok(m.preprocess(&image, res)?)
+        };
         // SAFETY: passed on from the caller.
-        unsafe {
-            generate(model, options_json, callback, user_data, |m, res| {
-                let image = rgb_from_buffer(bytes, width, height, stride, channels);
-                Ok(m.preprocess(&image, res)?)
-            })
-        }
+        unsafe { generate(model, options_json, callback, user_data, load) }
     })
 }
 
@@ -725,9 +735,12 @@ mod tests {
             let err = open_options(Some(json)).err().unwrap().0;
             assert!(err.contains(what), "{json}: {err}");
         }
-        let o = open_options(Some(r#"{"threads": 2, "dtype": "fp16", "compute": "f32"}"#))
-            .ok()
-            .unwrap();
+        let o = open_options(Some(
+            r#"{"threads": 2, "dtype": "fp16", "compute": "f32", "max_image_pixels": 640}"#,
+        ))
+        .ok()
+        .unwrap();
+        assert_eq!(o.max_image_pixels, Some(640));
         assert_eq!(o.threads, 2);
         assert_eq!(o.dtype, Some(crate::Dtype::Fp16));
         assert_eq!(o.compute, crate::Compute::F32);
@@ -735,8 +748,9 @@ mod tests {
 
     #[test]
     fn buffer_sizes_are_checked() {
-        assert_eq!(buffer_len(4, 2, 12, 3).ok(), Some(24));
-        assert_eq!(buffer_len(4, 2, 20, 4).ok(), Some(36));
+        let max = crate::vision::image::DEFAULT_MAX_PIXELS;
+        assert_eq!(buffer_len(4, 2, 12, 3, max).ok(), Some(24));
+        assert_eq!(buffer_len(4, 2, 20, 4, max).ok(), Some(36));
         for (w, h, stride, ch, what) in [
             (0, 2, 12, 3, "empty"),
             (4, 0, 12, 3, "empty"),
@@ -745,11 +759,16 @@ mod tests {
             (usize::MAX, 2, usize::MAX, 3, "overflows"),
             (4, usize::MAX, usize::MAX / 2, 3, "overflows"),
         ] {
-            let err = buffer_len(w, h, stride, ch).err().unwrap().0;
+            let err = buffer_len(w, h, stride, ch, max).err().unwrap().0;
             assert!(err.contains(what), "{w}x{h} {stride} {ch}: {err}");
         }
-        let err = buffer_len(100_000, 100_000, 300_000, 3).err().unwrap().0;
-        assert!(err.contains("limit"), "{err}");
+        let err = buffer_len(100_000, 100_000, 300_000, 3, max)
+            .err()
+            .unwrap()
+            .0;
+        assert!(err.contains("limit of 100000000"), "{err}");
+        let err = buffer_len(4, 2, 12, 3, 7).err().unwrap().0;
+        assert!(err.contains("4x2 is more than the limit of 7"), "{err}");
         // RGBA drops alpha; the stride's padding is skipped.
         let rgba = [1, 2, 3, 255, 4, 5, 6, 0, 9, 9, 7, 8, 9, 1, 10, 11, 12, 2];
         let img = rgb_from_buffer(&rgba, 2, 2, 10, 4);

@@ -173,10 +173,12 @@ fn expected_output_is_the_rust_apis() {
     );
 }
 
-/// Where cargo put libglance.so and libglance.a for this test binary (target/<profile>).
+/// Where cargo put the libglance.so and libglance.a of this build: beside this test binary, in
+/// target/<profile>/deps (`cargo test` leaves them there; only `cargo build` copies them up to
+/// target/<profile>, so those may be older).
 fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().to_path_buf()
+    exe.parent().unwrap().to_path_buf()
 }
 
 /// The target triple to hand tests/ffi/run.sh when this test is built for an ARM target (and

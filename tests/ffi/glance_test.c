@@ -368,6 +368,15 @@ static void hostile(void) {
     glance_string_free(local);
     CHECK(error_names("not a string from glance"), "foreign string reported");
 
+    /* The model's pixel limit applies to buffers, before any pixel is read. */
+    GlanceModel *small = glance_model_open(dir, "{\"threads\": 1, \"max_image_pixels\": 100}");
+    CHECK(small != NULL, "open with max_image_pixels: %s", glance_last_error());
+    uint8_t *image = synthetic(3, W * 3);
+    EXPECT_ERROR(glance_generate_rgb(small, image, W * 3 * H, W, H, W * 3, 3, NULL, NULL, NULL),
+                 "more than the limit of 100 pixels");
+    free(image);
+    CHECK(glance_model_close(small) == 0, "close");
+
     /* Handles: close, double close, use after close, made-up handles. */
     GlanceModel *extra = glance_model_open(dir, "{\"threads\": 1}");
     CHECK(extra != NULL, "open: %s", glance_last_error());

@@ -67,7 +67,10 @@ status=0
 check() { # NAME BINARY
     local name="$1" bin="$2" out="$out_dir/$1.txt"
     echo "run.sh: running the $name build${run[*]:+ under ${run[*]}}" >&2
-    if ! "${run[@]}" "$bin" "$root/tests/fixtures" >"$out"; then
+    # The library dir first: `cargo test` puts older copies of libglance.so on LD_LIBRARY_PATH,
+    # which goes before the binary's RUNPATH.
+    if ! LD_LIBRARY_PATH="$lib_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+        "${run[@]}" "$bin" "$root/tests/fixtures" >"$out"; then
         echo "run.sh: $name: the C program failed (see its FAIL lines above)" >&2
         status=1
     fi
