@@ -86,8 +86,9 @@ if [[ "$link" == both || "$link" == shared ]]; then
     check shared "$out_dir/glance_test_shared"
 fi
 if [[ "$link" == both || "$link" == static ]]; then
+    # Without the debug info of a debug libglance.a (1.5 GB) the link takes 9 s instead of 30.
     "$cc" "${cflags[@]}" "$here/glance_test.c" -o "$out_dir/glance_test_static" \
-        "$lib_dir/libglance.a" -Wl,--gc-sections -Wl,-z,noexecstack "${static_libs[@]}"
+        "$lib_dir/libglance.a" -Wl,--strip-debug -Wl,-z,noexecstack "${static_libs[@]}"
     check static "$out_dir/glance_test_static"
 fi
 [[ $status == 0 ]] && echo "run.sh: the C test passed ($link)" >&2
