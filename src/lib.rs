@@ -22,6 +22,8 @@ pub mod bench;
 pub mod decode;
 pub mod error;
 pub mod ffi;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod inputs;
 pub mod model;
 pub mod ocr;
