@@ -381,13 +381,20 @@ impl Model {
             .processor
             .output_size()
             .filter(|s| s.width >= 4 * s.height);
-        let page = ocr::Page::new(image);
         let aspect = canvas.map_or(ocr::DEFAULT_MAX_ASPECT, |s| {
             s.width as f64 / s.height as f64
         });
-        let lines = match mode {
-            PageMode::Line => page.single_line(aspect).into_iter().collect(),
-            PageMode::Page => page.lines(aspect),
+        let (page, lines) = match mode {
+            PageMode::Line => {
+                let page = ocr::Page::of_line(image);
+                let line = page.single_line(aspect);
+                (page, line.into_iter().collect())
+            }
+            PageMode::Page => {
+                let page = ocr::Page::new(image);
+                let lines = page.lines(aspect);
+                (page, lines)
+            }
         };
         let chunks = lines
             .iter()

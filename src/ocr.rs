@@ -65,6 +65,20 @@ impl Gray8 {
         self.data[y * self.width + x]
     }
 
+    /// The median of the pixels along the four edges: the background, for most images.
+    fn border_median(&self) -> u8 {
+        let (w, h) = (self.width, self.height);
+        if w == 0 || h == 0 {
+            return 255;
+        }
+        let mut edge: Vec<u8> = (0..w)
+            .flat_map(|x| [self.at(x, 0), self.at(x, h - 1)])
+            .chain((0..h).flat_map(|y| [self.at(0, y), self.at(w - 1, y)]))
+            .collect();
+        let middle = edge.len() / 2;
+        *edge.select_nth_unstable(middle).1
+    }
+
     pub fn crop(&self, r: Rect) -> Gray8 {
         let mut data = Vec::with_capacity(r.width * r.height);
         for y in r.y..r.y + r.height {
@@ -229,16 +243,34 @@ pub struct Page {
 }
 
 impl Page {
+    /// A document page, straightened.
     pub fn new(img: &Rgb8) -> Page {
+        Self::prepare(img, true)
+    }
+
+    /// An image holding one text line, as it is: a single line gives the skew search little
+    /// to go on, and rotating a tight crop tilts its borders into the text; the model was
+    /// trained on lines tilted by up to 2 degrees.
+    pub fn of_line(img: &Rgb8) -> Page {
+        Self::prepare(img, false)
+    }
+
+    fn prepare(img: &Rgb8, straighten: bool) -> Page {
         let mut gray = Gray8::from_rgb(img);
-        // Light text on a dark background: invert, so that ink is always dark.
+        // Light text on a dark background: invert, so that ink is always dark. Both the border
+        // and most of the image must be dark: a line on grey paper pasted on white, or a page
+        // photographed on a dark table, keeps its polarity.
         let threshold = otsu(&gray);
         let dark = gray.data.iter().filter(|&&v| v <= threshold).count();
-        if dark * 2 > gray.data.len() {
+        if dark * 2 > gray.data.len() && gray.border_median() < threshold {
             gray.data.iter_mut().for_each(|v| *v = 255 - *v);
         }
         let window = sauvola_window(&gray);
-        let skew = estimate_skew(&gray, window);
+        let skew = if straighten {
+            estimate_skew(&gray, window)
+        } else {
+            0.0
+        };
         if skew != 0.0 {
             gray = gray.rotate(skew);
         }
@@ -627,6 +659,32 @@ mod tests {
         assert_eq!(Page::new(&img).lines(DEFAULT_MAX_ASPECT).len(), 2);
         let blank = Rgb8::new(50, 50, vec![255; 50 * 50 * 3]);
         assert!(Page::new(&blank).lines(DEFAULT_MAX_ASPECT).is_empty());
+    }
+
+    #[test]
+    fn a_grey_line_pasted_on_white_keeps_its_polarity() {
+        // Most pixels are the grey paper (darker than the white margin, at Otsu's threshold),
+        // but the border is white: the ink stays dark, the page is not inverted.
+        let (w, h) = (384, 32);
+        let mut g = Gray8 {
+            width: w,
+            height: h,
+            data: vec![255; w * h],
+        };
+        for y in 0..h {
+            for x in 0..300 {
+                g.data[y * w + x] = if (8..24).contains(&y) && x % 20 < 12 {
+                    40
+                } else {
+                    191
+                };
+            }
+        }
+        let page = Page::of_line(&g.to_rgb());
+        assert_eq!(page.gray.at(5, 0), 191, "not inverted");
+        assert_eq!(page.skew, 0.0, "a line is not rotated");
+        let line = page.single_line(DEFAULT_MAX_ASPECT).unwrap();
+        assert!(line.bbox.x < 20 && line.bbox.width < 330, "{:?}", line.bbox);
     }
 
     #[test]
