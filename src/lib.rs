@@ -142,6 +142,9 @@ pub struct PageText {
     /// The lines joined by newlines.
     pub text: String,
     pub lines: Vec<LineText>,
+    /// The time budget ran out: lines after the last one read are missing, and the last ones
+    /// read may be cut short.
+    pub truncated: bool,
     pub timings: Timings,
 }
 
@@ -429,11 +432,26 @@ impl Model {
             ..Timings::default()
         };
         let mut chunk_texts = Vec::with_capacity(pixels.len());
+        let mut truncated = false;
         for group in pixels.chunks(PAGE_BATCH) {
+            // The time budget is the page's: each batch gets what is left of it.
+            let time_budget = match options.time_budget {
+                Some(budget) if start.elapsed() >= budget => {
+                    truncated = true;
+                    break;
+                }
+                Some(budget) => Some(budget - start.elapsed()),
+                None => None,
+            };
+            let options = GenerateOptions {
+                time_budget,
+                ..options.clone()
+            };
             let refs: Vec<&PixelValues> = group.iter().collect();
             let batch = PixelValues::stack(&refs)
                 .ok_or_else(|| Error::Generation("line chunks of different sizes".into()))?;
-            for out in self.generate(&batch, options)? {
+            for out in self.generate(&batch, &options)? {
+                truncated |= out.truncated;
                 timings.encode_ms += out.timings.encode_ms / group.len() as f64;
                 timings.decode_ms += out.timings.decode_ms / group.len() as f64;
                 chunk_texts.push((out.text.trim().to_string(), out.confidence));
@@ -466,6 +484,7 @@ impl Model {
         Ok(PageText {
             text,
             lines,
+            truncated,
             timings,
         })
     }

@@ -225,6 +225,10 @@ struct OcrArgs {
     /// Beams for beam search (1: greedy).
     #[arg(long)]
     num_beams: Option<usize>,
+    /// Stop reading an image after this many milliseconds (its text is then marked truncated
+    /// in --json output; lines not reached are left out).
+    #[arg(long)]
+    time_budget_ms: Option<u64>,
     #[command(flatten)]
     inputs: InputArgs,
 }
@@ -424,6 +428,7 @@ fn ocr(args: &OcrArgs) -> Result<bool, Error> {
             num_beams: args.num_beams,
             ..Default::default()
         },
+        time_budget: args.time_budget_ms.map(std::time::Duration::from_millis),
         ..Default::default()
     };
     let mode = if args.line {
@@ -442,7 +447,7 @@ fn ocr(args: &OcrArgs) -> Result<bool, Error> {
                 .iter()
                 .map(|l| json!({"text": l.text, "box": [l.bbox.x, l.bbox.y, l.bbox.width, l.bbox.height], "score": l.score}))
                 .collect();
-            json!({"image": name, "text": page.text, "lines": lines, "timings_ms": page.timings.to_json()}).to_string()
+            json!({"image": name, "text": page.text, "lines": lines, "truncated": page.truncated, "timings_ms": page.timings.to_json()}).to_string()
         } else {
             page.text
         })

@@ -61,6 +61,7 @@ fn ocr_reads_a_page_in_reading_order() {
         "reading order: {tops:?}"
     );
     assert_eq!(v["text"].as_str().unwrap().lines().count(), 3);
+    assert_eq!(v["truncated"], false);
     assert!(v["timings_ms"]["encode"].is_number());
 }
 
@@ -154,4 +155,16 @@ fn caption_watches_a_folder() {
     let line = line.unwrap_or_else(|_| panic!("no output after {:?}", start.elapsed()));
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert!(v["image"].as_str().unwrap().ends_with("frame1.png"), "{v}");
+}
+
+#[test]
+fn ocr_stops_a_page_at_its_time_budget() {
+    let out = glance_command()
+        .args(["ocr", "--json", "--time-budget-ms", "0"])
+        .arg(sample("invoice.png"))
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&success_stdout(&out)).unwrap();
+    assert_eq!(v["truncated"], true, "{v}");
+    assert!(v["lines"].as_array().unwrap().len() < 3, "{v}");
 }
