@@ -159,8 +159,11 @@ pub fn ffi_options(data: &[u8]) {
     }
 }
 
+/// A fuzz target's body.
+pub type Target = fn(&[u8]);
+
 /// The targets by name, for scripts and the regression test.
-pub const TARGETS: [(&str, fn(&[u8])); 6] = [
+pub const TARGETS: [(&str, Target); 6] = [
     ("config", config),
     ("tokenizer", tokenizer),
     ("model_dir", model_dir),

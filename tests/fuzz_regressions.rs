@@ -4,9 +4,9 @@
 
 use std::path::Path;
 
-use glance::fuzz::{fixture_model, TARGETS};
+use glance::fuzz::{fixture_model, Target, TARGETS};
 
-fn target(name: &str) -> fn(&[u8]) {
+fn target(name: &str) -> Target {
     TARGETS.iter().find(|(n, _)| *n == name).unwrap().1
 }
 
