@@ -10,9 +10,20 @@ use serde_json::Value;
 
 pub const ARCHS: [&str; 3] = ["trocr", "vitgpt2", "donut"];
 
-/// The `glance` binary of this build, quiet below errors.
+/// The `glance` binary of this build, quiet below errors. For a cross target the binary goes
+/// through the emulator named by `GLANCE_TEST_RUNNER` (set by scripts/arm-run and Cross.toml).
 pub fn glance_command() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_glance"));
+    let exe = env!("CARGO_BIN_EXE_glance");
+    let runner = std::env::var("GLANCE_TEST_RUNNER").unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    let mut c = match words.next() {
+        Some(emulator) => {
+            let mut c = Command::new(emulator);
+            c.args(words).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
     c.env("RUST_LOG", "error");
     c
 }
