@@ -199,12 +199,6 @@ impl Model {
         self.max_image_pixels
     }
 
-    /// Decodes an encoded image (PNG, JPEG, …) within this model's pixel limit; `name` names it
-    /// in errors.
-    pub fn decode_image(&self, bytes: &[u8], name: &Path) -> Result<Rgb8> {
-        Rgb8::decode(bytes, name, self.max_image_pixels)
-    }
-
     pub fn dir(&self) -> &ModelDir {
         &self.dir
     }
