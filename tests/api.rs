@@ -9,17 +9,6 @@ fn model(arch: &str) -> Model {
     open_fixture(arch)
 }
 
-fn greedy(max_new_tokens: usize) -> GenerateOptions {
-    GenerateOptions {
-        generation: GenerationOptions {
-            max_new_tokens: Some(max_new_tokens),
-            num_beams: Some(1),
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-}
-
 #[test]
 fn model_is_shared_between_threads() {
     fn assert_send_sync<T: Send + Sync>() {}

@@ -14,17 +14,6 @@ use glance::ffi::*;
 use glance::{GenerateOptions, GenerationOptions, Model, Resolution, Rgb8};
 use serde_json::Value;
 
-fn greedy(max_new_tokens: usize) -> GenerateOptions {
-    GenerateOptions {
-        generation: GenerationOptions {
-            max_new_tokens: Some(max_new_tokens),
-            num_beams: Some(1),
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-}
-
 fn beams(max_new_tokens: usize, num_beams: usize) -> GenerateOptions {
     GenerateOptions {
         generation: GenerationOptions {

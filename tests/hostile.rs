@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use common::*;
-use glance::{GenerateOptions, GenerationOptions, Model, OpenOptions};
+use glance::{Model, OpenOptions};
 use prost::Message;
 use tract_onnx::pb::ModelProto;
 
@@ -548,14 +548,7 @@ fn cmyk_and_animated_images_decode_as_pil_does() {
 fn bit_flips_in_graphs_never_panic() {
     let tmp = TempDir::new("bitflips");
     let pixels = open_fixture("trocr").load_image(&image("rgb.png")).unwrap();
-    let options = GenerateOptions {
-        generation: GenerationOptions {
-            max_new_tokens: Some(4),
-            num_beams: Some(1),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let options = greedy(4);
     let mut errors = 0;
     for name in ["encoder_model.onnx", "decoder_with_past_model.onnx"] {
         let original = fixture_bytes(name);

@@ -57,6 +57,18 @@ pub fn assert_clean_error(out: &Output, what: &str) {
     assert!(lines[0].contains(what), "error should name {what}: {err}");
 }
 
+/// Greedy search for at most `max_new_tokens` tokens, over the model's other settings.
+pub fn greedy(max_new_tokens: usize) -> GenerateOptions {
+    GenerateOptions {
+        generation: GenerationOptions {
+            max_new_tokens: Some(max_new_tokens),
+            num_beams: Some(1),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
 /// Opens a fixture model directory on one thread.
 pub fn open_fixture(name: &str) -> glance::Model {
     glance::Model::open(
