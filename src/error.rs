@@ -89,3 +89,29 @@ fn one_line(s: &str) -> String {
         .collect::<Vec<_>>()
         .join(": ")
 }
+
+thread_local! {
+    static GUARDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, a call into a dependency that may panic on input it does not expect (tract running
+/// a graph, the tokenizers crate reading a tokenizer.json); a panic comes back as its message.
+pub(crate) fn guarded<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    GUARDED.with(|flag| flag.set(true));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    GUARDED.with(|flag| flag.set(false));
+    outcome.map_err(|panic| {
+        panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown cause")
+            .to_string()
+    })
+}
+
+/// Whether this thread is inside such a guarded call. A panic there becomes an [`Error`] naming
+/// the file, so an application's panic hook may stay quiet about it.
+pub fn in_guarded_call() -> bool {
+    GUARDED.with(|flag| flag.get())
+}

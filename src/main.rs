@@ -341,11 +341,11 @@ impl RunArgs {
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    // A panic inside tract is caught and reported as an error naming the graph: the user sees
-    // that one line, not a backtrace as well.
+    // A panic inside tract or the tokenizers crate is caught and reported as an error naming
+    // the file: the user sees that one line, not a backtrace as well.
     let report_panic = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        if glance::model::graph::running_graph() {
+        if glance::error::in_guarded_call() {
             log::debug!("{info}");
         } else {
             report_panic(info)

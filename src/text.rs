@@ -32,7 +32,9 @@ impl Text {
                 "missing: glance needs the fast tokenizer file tokenizer.json",
             ));
         }
-        let tokenizer = tokenizers::Tokenizer::from_file(&path)
+        // The tokenizers crate panics on some malformed files (found by fuzzing).
+        let tokenizer = crate::error::guarded(|| tokenizers::Tokenizer::from_file(&path))
+            .map_err(|what| Error::tokenizer(&path, format!("cannot load: {what}")))?
             .map_err(|e| Error::tokenizer(&path, format!("cannot load: {e}")))?;
         let config = JsonFile::read_optional(&dir.join("tokenizer_config.json"))?;
         let clean_up_spaces = match &config {

@@ -323,37 +323,16 @@ impl Graph {
             };
             values.push(t.into_tvalue());
         }
-        RUNNING_GRAPH.with(|flag| flag.set(true));
-        let outcome =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.plan.run(values)));
-        RUNNING_GRAPH.with(|flag| flag.set(false));
-        match outcome {
+        // tract's kernels index with slices and panic on inputs the graph does not expect (a
+        // position past the end of a table, say); the caller gets an error, not a crash.
+        match crate::error::guarded(|| self.plan.run(values)) {
             Ok(result) => result.map_err(|e| Error::graph(&self.path, e)),
-            // tract's kernels index with slices and panic on inputs the graph does not expect
-            // (a position past the end of a table, say); the caller gets an error, not a crash.
-            Err(panic) => {
-                let what = panic
-                    .downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| panic.downcast_ref::<&str>().copied())
-                    .unwrap_or("unknown cause");
-                Err(Error::graph(
-                    &self.path,
-                    format!("tract failed running the graph: {what}"),
-                ))
-            }
+            Err(what) => Err(Error::graph(
+                &self.path,
+                format!("tract failed running the graph: {what}"),
+            )),
         }
     }
-}
-
-thread_local! {
-    static RUNNING_GRAPH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Whether this thread is inside tract running a graph. A panic there becomes an [`Error`]
-/// naming the graph, so an application's panic hook may stay quiet about it.
-pub fn running_graph() -> bool {
-    RUNNING_GRAPH.with(|flag| flag.get())
 }
 
 /// Time spent in one node of a graph, from [`Graph::profile`].
