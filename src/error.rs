@@ -97,9 +97,10 @@ thread_local! {
 /// Runs `f`, a call into a dependency that may panic on input it does not expect (tract running
 /// a graph, the tokenizers crate reading a tokenizer.json); a panic comes back as its message.
 pub(crate) fn guarded<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
-    GUARDED.with(|flag| flag.set(true));
+    // Guarded calls nest (a C entry point around a graph run): restore the outer state.
+    let outer = GUARDED.with(|flag| flag.replace(true));
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    GUARDED.with(|flag| flag.set(false));
+    GUARDED.with(|flag| flag.set(outer));
     outcome.map_err(|panic| {
         panic
             .downcast_ref::<String>()

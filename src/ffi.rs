@@ -3,7 +3,7 @@
 //! `scripts/gen-header.sh` (cbindgen); the library is built as `libglance.so` and `libglance.a`.
 //!
 //! Robustness at the boundary:
-//! - No panic crosses it: every entry point runs its body under [`std::panic::catch_unwind`]
+//! - No panic crosses it: every entry point runs its body under `catch_unwind` (`error::guarded`)
 //!   and turns a panic into an error (this needs the default `panic = "unwind"`).
 //! - Errors are return values (NULL, or -1) with their text in [`glance_last_error`]; NULL
 //!   pointers, strings that are not UTF-8, JSON that does not parse, unknown option keys and
@@ -26,7 +26,6 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::ptr;
 use std::str::FromStr;
@@ -105,18 +104,13 @@ fn set_last_error(msg: &str) {
 /// a failure into `fail` with its text kept for [`glance_last_error`].
 fn entry<T>(fail: T, body: impl FnOnce() -> Outcome<T>) -> T {
     LAST_ERROR.with_borrow_mut(|e| *e = None);
-    match catch_unwind(AssertUnwindSafe(body)) {
+    match crate::error::guarded(body) {
         Ok(Ok(value)) => value,
         Ok(Err(Failure(msg))) => {
             set_last_error(&msg);
             fail
         }
-        Err(payload) => {
-            let what = payload
-                .downcast_ref::<&str>()
-                .copied()
-                .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-                .unwrap_or("unknown cause");
+        Err(what) => {
             set_last_error(&format!("internal error in glance (a panic): {what}"));
             fail
         }
