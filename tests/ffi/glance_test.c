@@ -246,13 +246,21 @@ static void buffer_case(const char *name, size_t channels, size_t pad) {
 /* ---- threads: one model, several threads at once ---- */
 
 struct job {
+    const char *image; /* image_path() writes a static buffer: not from the threads */
     char *json;
+    char *error; /* glance_last_error() of that thread, copied: it is thread-local */
 };
 
 static void *thread_main(void *arg) {
     struct job *job = arg;
-    job->json = glance_generate_file(model("trocr"), image_path("rgb.png"),
+    job->json = glance_generate_file(model("trocr"), job->image,
                                      "{\"max_new_tokens\": 8, \"num_beams\": 1}", NULL, NULL);
+    const char *error = glance_last_error();
+    job->error = NULL;
+    if (error) {
+        job->error = malloc(strlen(error) + 1);
+        strcpy(job->error, error);
+    }
     return NULL;
 }
 
@@ -260,14 +268,24 @@ static void threads_case(void) {
     char *alone = glance_generate_file(model("trocr"), image_path("rgb.png"),
                                        "{\"max_new_tokens\": 8, \"num_beams\": 1}", NULL, NULL);
     char *want = alone ? json_field(alone, "tokens") : NULL;
+    /* The path is written once, before any thread reads it. */
+    const char *image = image_path("rgb.png");
     struct job jobs[3];
     pthread_t threads[3];
-    for (int i = 0; i < 3; i++) pthread_create(&threads[i], NULL, thread_main, &jobs[i]);
+    for (int i = 0; i < 3; i++) {
+        jobs[i].image = image;
+        pthread_create(&threads[i], NULL, thread_main, &jobs[i]);
+    }
     int same = want != NULL;
     for (int i = 0; i < 3; i++) {
         pthread_join(threads[i], NULL);
         char *got = jobs[i].json ? json_field(jobs[i].json, "tokens") : NULL;
-        same = same && got && strcmp(got, want) == 0;
+        int ok = want && got && strcmp(got, want) == 0;
+        /* Say what differed: a failed call's error, or both token lists. */
+        CHECK(ok, "thread %d: %s (alone: %s)", i,
+              got ? got : (jobs[i].error ? jobs[i].error : "(no error)"), want ? want : "(failed)");
+        same = same && ok;
+        free(jobs[i].error);
         free(got);
         glance_string_free(jobs[i].json);
     }
