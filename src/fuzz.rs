@@ -17,6 +17,20 @@ use crate::vision::preprocess::{self, ImageProcessor};
 use crate::vision::stream::Frames;
 use crate::{ffi, Model, OpenOptions};
 
+/// Lets a panic that glance catches go on to become its error. libFuzzer's panic hook aborts
+/// at every panic, before unwinding, so a dependency's panic that `error::guarded` turns into
+/// an `Error` (tract running a graph, the tokenizers crate reading tokenizer.json) would count
+/// as a crash of glance, and stop the run at the first one. Panics outside those calls still
+/// abort. Each fuzz target calls it from its `init`.
+pub fn tolerate_guarded_panics() {
+    let fuzzer_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !crate::error::in_guarded_call() {
+            fuzzer_hook(info)
+        }
+    }));
+}
+
 /// The fixture model the targets load pieces of.
 pub fn fixture_model() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/trocr")

@@ -612,24 +612,17 @@ fn matmul(threads: usize, runs: usize, shapes: &[String], json: bool) -> Result<
     } else {
         shapes.iter().map(String::as_str).collect()
     };
+    let shapes = shapes
+        .into_iter()
+        .map(matmul_shape)
+        .collect::<Result<Vec<_>, _>>()?;
     let mut out = std::io::stdout().lock();
     let io = stdout_error;
     if !json {
         writeln!(out, "| m x k x n | f32 GFLOP/s | int8 GOP/s | threads |").map_err(io)?;
         writeln!(out, "|---|---|---|---|").map_err(io)?;
     }
-    for shape in shapes {
-        let dims: Vec<usize> = shape.split('x').filter_map(|d| d.parse().ok()).collect();
-        let [m, k, n] = dims[..] else {
-            return Err(Error::Option(format!(
-                "--shapes: {shape:?} is not MxKxN, such as 577x384x1536"
-            )));
-        };
-        if m * k * n == 0 || m * k * n > 1 << 34 {
-            return Err(Error::Option(format!(
-                "--shapes: {shape} is empty or too large"
-            )));
-        }
+    for (m, k, n) in shapes {
         let f32 = matmul_throughput(MatMulKind::F32, (m, k, n), threads, runs)?;
         let i8 = matmul_throughput(MatMulKind::Int8, (m, k, n), threads, runs)?;
         if json {
@@ -640,6 +633,32 @@ fn matmul(threads: usize, runs: usize, shapes: &[String], json: bool) -> Result<
         }
     }
     Ok(true)
+}
+
+/// `MxKxN`, of a size this machine can hold: each matrix at most 2^28 f32 (1 GiB), at most
+/// 2^34 multiply-adds.
+fn matmul_shape(shape: &str) -> Result<(usize, usize, usize), Error> {
+    let dims: Vec<usize> = shape.split('x').filter_map(|d| d.parse().ok()).collect();
+    let [m, k, n] = dims[..] else {
+        return Err(Error::Option(format!(
+            "--shapes: {shape:?} is not MxKxN, such as 577x384x1536"
+        )));
+    };
+    // In u128: products of three usizes overflow anything smaller, and a 32-bit board's
+    // usize long before these limits.
+    let (m2, k2, n2) = (m as u128, k as u128, n as u128);
+    let fits = |elements: u128| elements <= 1 << 28;
+    if m2 * k2 * n2 == 0
+        || m2 * k2 * n2 > 1 << 34
+        || !fits(m2 * k2)
+        || !fits(k2 * n2)
+        || !fits(m2 * n2)
+    {
+        return Err(Error::Option(format!(
+            "--shapes: {shape} is empty or too large (at most 2^28 entries per matrix, 2^34 multiply-adds)"
+        )));
+    }
+    Ok((m, k, n))
 }
 
 fn tokenize(args: &TokenizeArgs) -> Result<bool, Error> {
