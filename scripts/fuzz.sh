@@ -41,6 +41,10 @@ printf '{"threads": 1, "dtype": "fp32"}\0{"max_new_tokens": 4, "num_beams": 2}' 
 # One build for every target (ASan, release with debug assertions).
 cargo +nightly fuzz build
 
+# Artifacts of earlier runs (already copied to fuzz/regressions/) are not this run's crashes.
+started=fuzz/logs/.started
+touch "$started"
+
 run_one() {
     local t=$1
     cargo +nightly fuzz run "$t" "fuzz/corpus/$t" -- \
@@ -64,7 +68,7 @@ for t in $TARGETS; do
         mkdir -p "fuzz/regressions/$t"
         # slow-unit-* files are inputs over libFuzzer's slowness report, not failures.
         for a in fuzz/artifacts/"$t"/crash-* fuzz/artifacts/"$t"/oom-* fuzz/artifacts/"$t"/timeout-* fuzz/artifacts/"$t"/leak-*; do
-            [ -e "$a" ] || continue
+            [ -e "$a" ] && [ "$a" -nt "$started" ] || continue
             cp "$a" "fuzz/regressions/$t/"
             crashes=$((crashes + 1))
         done
