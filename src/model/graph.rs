@@ -207,6 +207,23 @@ impl Graph {
         shapes: &Shapes,
         threads: usize,
     ) -> Result<Graph> {
+        // tract's analysis indexes with what the file says (an Unsqueeze axis past the rank
+        // panicked in tract-hir's shape inference, found by fuzzing): a damaged file is an error.
+        match crate::error::guarded(|| Self::prepare_unguarded(path, proto, shapes, threads)) {
+            Ok(graph) => graph,
+            Err(what) => Err(Error::graph(
+                path,
+                format!("tract failed analysing the graph: {what}"),
+            )),
+        }
+    }
+
+    fn prepare_unguarded(
+        path: &Path,
+        proto: &ModelProto,
+        shapes: &Shapes,
+        threads: usize,
+    ) -> Result<Graph> {
         let fail = |e: TractError| Error::graph(path, e);
         // Exporters' value_info annotations sometimes contradict what tract infers
         // (tract-hf-recipes.md, item 5); tract's own inference is enough.
