@@ -406,15 +406,17 @@ fn buffer_len(
     if stride < row {
         return Err(format!("stride {stride} is less than width x channels = {row} bytes").into());
     }
-    let len = stride
-        .checked_mul(height - 1)
-        .and_then(|n| n.checked_add(row))
-        .ok_or("stride x height overflows")?;
+    // The pixel limit before the byte count: on a 32-bit board a large image overflows usize
+    // first, and the limit is the error that tells the caller what to change.
     if (width as u64).saturating_mul(height as u64) > max_pixels {
         return Err(
             format!("{width}x{height} is more than the limit of {max_pixels} pixels").into(),
         );
     }
+    let len = stride
+        .checked_mul(height - 1)
+        .and_then(|n| n.checked_add(row))
+        .ok_or("stride x height overflows")?;
     Ok(len)
 }
 
@@ -753,6 +755,8 @@ mod tests {
             (usize::MAX, 2, usize::MAX, 3, "overflows"),
             (4, usize::MAX, usize::MAX / 2, 3, "overflows"),
         ] {
+            // Sizes that overflow, under no pixel limit.
+            let max = if what == "overflows" { u64::MAX } else { max };
             let err = buffer_len(w, h, stride, ch, max).err().unwrap().0;
             assert!(err.contains(what), "{w}x{h} {stride} {ch}: {err}");
         }

@@ -553,6 +553,13 @@ impl Model {
                 pixels.shape
             )));
         }
+        // Preprocessed images are always finite; NaN or infinity comes from a caller's tensor,
+        // and inside tract it can end in a kernel's integer overflow (armv7) or in nonsense.
+        if let Some((i, v)) = pixels.data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(Error::Option(format!(
+                "pixel values hold {v} at index {i}: the encoder takes finite numbers"
+            )));
+        }
         self.graphs.encoder.run(pixels)
     }
 

@@ -11,7 +11,7 @@ use std::process::Output;
 use common::*;
 use glance::{Model, OpenOptions};
 use prost::Message;
-use tract_onnx::pb::ModelProto;
+use tract_onnx::pb::{GraphProto, ModelProto, TensorProto};
 
 /// What a case must give.
 enum Expect {
@@ -146,6 +146,43 @@ fn pixel_values_of(tmp: &Path, value: f32) -> Output {
         "--pixel-values",
         path.to_str().unwrap(),
     ])
+}
+
+/// The fixture with every weight of the matrix product that makes `logits` set to `value`, in
+/// each fp32 decoder file.
+fn with_lm_head_of(tmp: &Path, value: f32) -> Output {
+    fn poison(g: &mut GraphProto, value: f32, outer: &mut [TensorProto]) {
+        let weights: Vec<String> = g
+            .node
+            .iter()
+            .filter(|n| n.output.iter().any(|o| o == "logits"))
+            .flat_map(|n| n.input.clone())
+            .collect();
+        for t in g.initializer.iter_mut().chain(outer.iter_mut()) {
+            if weights.contains(&t.name) {
+                let n = t.raw_data.len() / 4;
+                t.raw_data = value.to_le_bytes().repeat(n);
+            }
+        }
+        let mut inits = std::mem::take(&mut g.initializer);
+        for node in &mut g.node {
+            for branch in node.attribute.iter_mut().filter_map(|a| a.g.as_mut()) {
+                poison(branch, value, &mut inits);
+            }
+        }
+        g.initializer = inits;
+    }
+    let dir = fixture_copy(tmp);
+    for name in [
+        "decoder_model.onnx",
+        "decoder_with_past_model.onnx",
+        "decoder_model_merged.onnx",
+    ] {
+        let mut proto = ModelProto::decode(fixture_bytes(name).as_slice()).unwrap();
+        poison(proto.graph.as_mut().unwrap(), value, &mut []);
+        replace(&dir, name, &proto.encode_to_vec());
+    }
+    run_on(&dir, &[], &image("rgb.png"))
 }
 
 fn rename_input(proto: &mut ModelProto, to: &str) {
@@ -442,16 +479,27 @@ fn cases() -> Vec<Case> {
             expect: Text,
             run: |_| run_on(&model_fixture("trocr"), &[], &image("animated.gif")),
         },
-        // Model outputs.
+        // Pixel tensors given by the caller.
+        Case {
+            id: "pixel-values-nan",
+            expect: Error("pixel values hold NaN at index 0: the encoder takes finite numbers"),
+            run: |t| pixel_values_of(t, f32::NAN),
+        },
+        Case {
+            id: "pixel-values-inf",
+            expect: Error("pixel values hold inf at index 0"),
+            run: |t| pixel_values_of(t, f32::INFINITY),
+        },
+        // Model outputs: the weights of the decoder's LM head, after every softmax, poisoned.
         Case {
             id: "nan-in-outputs",
             expect: Error("the decoder returned NaN or infinite logits"),
-            run: |t| pixel_values_of(t, f32::NAN),
+            run: |t| with_lm_head_of(t, f32::NAN),
         },
         Case {
             id: "inf-in-outputs",
             expect: Error("the decoder returned NaN or infinite logits"),
-            run: |t| pixel_values_of(t, f32::INFINITY),
+            run: |t| with_lm_head_of(t, f32::INFINITY),
         },
     ]
 }
