@@ -358,9 +358,10 @@ static void hostile(void) {
                  "holds 192 bytes");
     EXPECT_ERROR(glance_generate_rgb(m, px, sizeof px, SIZE_MAX, 2, SIZE_MAX, 3, NULL, NULL, NULL),
                  "overflows");
+    /* The pixel limit is checked before the byte count, so a huge height is named by it. */
     EXPECT_ERROR(glance_generate_rgb(m, px, sizeof px, 2, SIZE_MAX, SIZE_MAX / 2, 3, NULL, NULL,
                                      NULL),
-                 "overflows");
+                 "more than the limit");
     EXPECT_ERROR(glance_generate_rgb(m, px, sizeof px, 20000, 20000, 60000, 3, NULL, NULL, NULL),
                  "limit");
     EXPECT_ERROR(glance_generate_rgb(NULL, px, sizeof px, 2, 2, 6, 3, NULL, NULL, NULL), "NULL");
