@@ -99,6 +99,11 @@ impl Rgb8 {
                 Err(e) => return Err(Error::image(name, format!("cannot decode: {e}"))),
             }
         }
+        // A PNG's size is in its header; the png crate refuses a size whose buffer overflows
+        // usize (a 32-bit board) before glance could name its own limit.
+        if let Some((w, h)) = png_size(bytes) {
+            check_pixels(name, w, h, max_pixels)?;
+        }
         let reader = ImageReader::new(Cursor::new(bytes))
             .with_guessed_format()
             .map_err(|e| Error::image(name, format!("cannot read: {e}")))?;
@@ -112,12 +117,7 @@ impl Rgb8 {
         if w == 0 || h == 0 {
             return Err(Error::image(name, format!("the image is empty ({w}x{h})")));
         }
-        if w as u64 * h as u64 > max_pixels {
-            return Err(Error::image(
-                name,
-                format!("{w}x{h} is more than the limit of {max_pixels} pixels"),
-            ));
-        }
+        check_pixels(name, w, h, max_pixels)?;
         let orientation = decoder.orientation().ok();
         let mut img = DynamicImage::from_decoder(decoder)
             .map_err(|e| Error::image(name, format!("cannot decode: {e}")))?;
@@ -218,6 +218,26 @@ impl Rgb8 {
         }
         Rgb8::new(width, height, data)
     }
+}
+
+/// Width and height from a PNG's IHDR chunk, if `bytes` start like a PNG.
+fn png_size(bytes: &[u8]) -> Option<(u32, u32)> {
+    if bytes.len() < 24 || !bytes.starts_with(b"\x89PNG\r\n\x1a\n") || &bytes[12..16] != b"IHDR" {
+        return None;
+    }
+    let be =
+        |at: usize| u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    Some((be(16), be(20)))
+}
+
+fn check_pixels(name: &Path, w: u32, h: u32, max_pixels: u64) -> Result<()> {
+    if w as u64 * h as u64 > max_pixels {
+        return Err(Error::image(
+            name,
+            format!("{w}x{h} is more than the limit of {max_pixels} pixels"),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
