@@ -276,6 +276,7 @@ impl Model {
 
     /// The grid of visual-word ids of each image, for a model with a discrete visual tokenizer.
     pub fn tokenize(&self, pixels: &PixelValues) -> Result<Vec<IdGrid>> {
+        pixels.check()?;
         self.graphs.encoder.tokenize(pixels)
     }
 
@@ -544,22 +545,7 @@ impl Model {
     }
 
     fn encode(&self, pixels: &PixelValues) -> Result<Tensor> {
-        if pixels.shape[1] != 3
-            || pixels.batch() == 0
-            || pixels.data.len() != pixels.shape.iter().product::<usize>()
-        {
-            return Err(Error::Option(format!(
-                "pixel values of shape {:?} are not [batch, 3, height, width]",
-                pixels.shape
-            )));
-        }
-        // Preprocessed images are always finite; NaN or infinity comes from a caller's tensor,
-        // and inside tract it can end in a kernel's integer overflow (armv7) or in nonsense.
-        if let Some((i, v)) = pixels.data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(Error::Option(format!(
-                "pixel values hold {v} at index {i}: the encoder takes finite numbers"
-            )));
-        }
+        pixels.check()?;
         self.graphs.encoder.run(pixels)
     }
 
