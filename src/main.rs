@@ -648,8 +648,9 @@ fn matmul_shape(shape: &str) -> Result<(usize, usize, usize), Error> {
     // usize long before these limits.
     let (m2, k2, n2) = (m as u128, k as u128, n as u128);
     let fits = |elements: u128| elements <= 1 << 28;
-    if m2 * k2 * n2 == 0
-        || m2 * k2 * n2 > 1 << 34
+    let multiply_adds = m2 * k2 * n2;
+    if multiply_adds == 0
+        || multiply_adds > 1 << 34
         || !fits(m2 * k2)
         || !fits(k2 * n2)
         || !fits(m2 * n2)

@@ -209,13 +209,9 @@ impl Graph {
     ) -> Result<Graph> {
         // tract's analysis indexes with what the file says (an Unsqueeze axis past the rank
         // panicked in tract-hir's shape inference, found by fuzzing): a damaged file is an error.
-        match crate::error::guarded(|| Self::prepare_unguarded(path, proto, shapes, threads)) {
-            Ok(graph) => graph,
-            Err(what) => Err(Error::graph(
-                path,
-                format!("tract failed analysing the graph: {what}"),
-            )),
-        }
+        in_tract(path, "analysing", || {
+            Self::prepare_unguarded(path, proto, shapes, threads)
+        })
     }
 
     fn prepare_unguarded(
@@ -342,14 +338,23 @@ impl Graph {
         }
         // tract's kernels index with slices and panic on inputs the graph does not expect (a
         // position past the end of a table, say); the caller gets an error, not a crash.
-        match crate::error::guarded(|| self.plan.run(values)) {
-            Ok(result) => result.map_err(|e| Error::graph(&self.path, e)),
-            Err(what) => Err(Error::graph(
-                &self.path,
-                format!("tract failed running the graph: {what}"),
-            )),
-        }
+        in_tract(&self.path, "running", || {
+            self.plan
+                .run(values)
+                .map_err(|e| Error::graph(&self.path, e))
+        })
     }
+}
+
+/// `f`, a call into tract on the graph at `path`, with a panic inside it made an error that
+/// says what tract was `doing`.
+fn in_tract<T>(path: &Path, doing: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    crate::error::guarded(f).unwrap_or_else(|what| {
+        Err(Error::graph(
+            path,
+            format!("tract failed {doing} the graph: {what}"),
+        ))
+    })
 }
 
 /// Time spent in one node of a graph, from [`Graph::profile`].
