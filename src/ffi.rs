@@ -408,11 +408,8 @@ fn buffer_len(
     }
     // The pixel limit before the byte count: on a 32-bit board a large image overflows usize
     // first, and the limit is the error that tells the caller what to change.
-    if (width as u64).saturating_mul(height as u64) > max_pixels {
-        return Err(
-            format!("{width}x{height} is more than the limit of {max_pixels} pixels").into(),
-        );
-    }
+    crate::vision::image::TooManyPixels::check(width as u64, height as u64, max_pixels)
+        .map_err(|e| format!("the image is {e}"))?;
     let len = stride
         .checked_mul(height - 1)
         .and_then(|n| n.checked_add(row))
@@ -766,7 +763,10 @@ mod tests {
             .0;
         assert!(err.contains("limit of 100000000"), "{err}");
         let err = buffer_len(4, 2, 12, 3, 7).err().unwrap().0;
-        assert!(err.contains("4x2 is more than the limit of 7"), "{err}");
+        assert!(
+            err.contains("4x2 pixels, more than the limit of 7"),
+            "{err}"
+        );
         // RGBA drops alpha; the stride's padding is skipped.
         let rgba = [1, 2, 3, 255, 4, 5, 6, 0, 9, 9, 7, 8, 9, 1, 10, 11, 12, 2];
         let img = rgb_from_buffer(&rgba, 2, 2, 10, 4);

@@ -239,12 +239,8 @@ impl Model {
                 image.data.len()
             )));
         }
-        if (w as u64).saturating_mul(h as u64) > self.max_image_pixels {
-            return Err(Error::Option(format!(
-                "the image is {w}x{h} pixels, more than the limit of {}",
-                self.max_image_pixels
-            )));
-        }
+        vision::image::TooManyPixels::check(w as u64, h as u64, self.max_image_pixels)
+            .map_err(|e| Error::Option(format!("the image is {e}")))?;
         let sizes = self.graphs.encoder.sizes();
         match resolution {
             Resolution::Native => Ok(self.processor.preprocess(image)),

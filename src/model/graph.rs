@@ -323,7 +323,19 @@ impl Graph {
     /// Runs the graph; `feed` gives the value of each input port in turn. Values whose float
     /// type differs from the port's (f32 given to an fp16 graph) are converted here, at the
     /// boundary, so the rest of glance works in f32.
-    pub fn run(&self, mut feed: impl FnMut(&Port) -> Result<Tensor>) -> Result<TVec<TValue>> {
+    pub fn run(&self, feed: impl FnMut(&Port) -> Result<Tensor>) -> Result<TVec<TValue>> {
+        let values = self.inputs(feed)?;
+        // tract's kernels index with slices and panic on inputs the graph does not expect (a
+        // position past the end of a table, say); the caller gets an error, not a crash.
+        in_tract(&self.path, "running", || {
+            self.plan
+                .run(values)
+                .map_err(|e| Error::graph(&self.path, e))
+        })
+    }
+
+    /// The value of each input port from `feed`, in the port's type.
+    fn inputs(&self, mut feed: impl FnMut(&Port) -> Result<Tensor>) -> Result<TVec<TValue>> {
         let mut values = TVec::with_capacity(self.inputs.len());
         for port in &self.inputs {
             let t = feed(port)?;
@@ -336,13 +348,7 @@ impl Graph {
             };
             values.push(t.into_tvalue());
         }
-        // tract's kernels index with slices and panic on inputs the graph does not expect (a
-        // position past the end of a table, say); the caller gets an error, not a crash.
-        in_tract(&self.path, "running", || {
-            self.plan
-                .run(values)
-                .map_err(|e| Error::graph(&self.path, e))
-        })
+        Ok(values)
     }
 }
 
@@ -368,32 +374,26 @@ pub struct NodeTime {
 impl Graph {
     /// Runs the graph once like [`Graph::run`], timing every node (tract's plan, evaluated node
     /// by node): where a graph spends its time, for benchmarks and profiling.
-    pub fn profile(&self, mut feed: impl FnMut(&Port) -> Result<Tensor>) -> Result<Vec<NodeTime>> {
+    pub fn profile(&self, feed: impl FnMut(&Port) -> Result<Tensor>) -> Result<Vec<NodeTime>> {
         let fail = |e: TractError| Error::graph(&self.path, e);
-        let mut values = TVec::new();
-        for port in &self.inputs {
-            let t = feed(port)?;
-            values.push(
-                t.cast_to_dt(port.dt)
-                    .map_err(fail)?
-                    .into_owned()
-                    .into_tvalue(),
-            );
-        }
+        let values = self.inputs(feed)?;
         let mut times = Vec::new();
-        let mut state = self.plan.spawn().map_err(fail)?;
-        state
-            .run_plan_with_eval(values, |ctx, op_state, node, inputs| {
-                let start = std::time::Instant::now();
-                let out = tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
-                times.push(NodeTime {
-                    node: format!("{} {:?}", node.name, node.op().info().unwrap_or_default()),
-                    op: node.op().name().to_string(),
-                    seconds: start.elapsed().as_secs_f64(),
-                });
-                out
-            })
-            .map_err(fail)?;
+        in_tract(&self.path, "profiling", || {
+            let mut state = self.plan.spawn().map_err(fail)?;
+            state
+                .run_plan_with_eval(values, |ctx, op_state, node, inputs| {
+                    let start = std::time::Instant::now();
+                    let out = tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
+                    times.push(NodeTime {
+                        node: format!("{} {:?}", node.name, node.op().info().unwrap_or_default()),
+                        op: node.op().name().to_string(),
+                        seconds: start.elapsed().as_secs_f64(),
+                    });
+                    out
+                })
+                .map_err(fail)?;
+            Ok(())
+        })?;
         Ok(times)
     }
 }

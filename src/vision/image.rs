@@ -24,6 +24,43 @@ pub struct Rgb8 {
 /// A file whose header claims more is refused before any pixel is allocated.
 pub const DEFAULT_MAX_PIXELS: u64 = 100_000_000;
 
+/// An image over the pixel limit. Every place that checks a size against the limit (a file's
+/// header, a caller's buffer, a decoded image) refuses with this, so the message is one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyPixels {
+    pub width: u64,
+    pub height: u64,
+    pub max_pixels: u64,
+}
+
+impl TooManyPixels {
+    /// `Ok` when `width x height` is at most `max_pixels` (no overflow: the product saturates).
+    pub fn check(width: u64, height: u64, max_pixels: u64) -> std::result::Result<(), Self> {
+        if width.saturating_mul(height) > max_pixels {
+            return Err(TooManyPixels {
+                width,
+                height,
+                max_pixels,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for TooManyPixels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let TooManyPixels {
+            width,
+            height,
+            max_pixels,
+        } = self;
+        write!(
+            f,
+            "{width}x{height} pixels, more than the limit of {max_pixels}"
+        )
+    }
+}
+
 /// Reads an encoded image file, refusing one larger than a stream frame may be
 /// ([`MAX_FRAME_BYTES`]): a device file or a huge file must not fill memory.
 pub fn read_encoded(path: &Path) -> Result<Vec<u8>> {
@@ -95,6 +132,9 @@ impl Rgb8 {
                 }
                 Err(pil_jpeg::JpegError::Unsupported(what)) => {
                     log::info!("{}: {what}; decoding with the image crate", name.display());
+                }
+                Err(pil_jpeg::JpegError::TooLarge(e)) => {
+                    return Err(Error::image(name, e.to_string()))
                 }
                 Err(e) => return Err(Error::image(name, format!("cannot decode: {e}"))),
             }
@@ -231,18 +271,21 @@ fn png_size(bytes: &[u8]) -> Option<(u32, u32)> {
 }
 
 fn check_pixels(name: &Path, w: u32, h: u32, max_pixels: u64) -> Result<()> {
-    if w as u64 * h as u64 > max_pixels {
-        return Err(Error::image(
-            name,
-            format!("{w}x{h} is more than the limit of {max_pixels} pixels"),
-        ));
-    }
-    Ok(())
+    TooManyPixels::check(w.into(), h.into(), max_pixels)
+        .map_err(|e| Error::image(name, e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pixel_limit_is_inclusive_and_cannot_overflow() {
+        assert!(TooManyPixels::check(10, 10, 100).is_ok());
+        let e = TooManyPixels::check(10, 11, 100).unwrap_err();
+        assert_eq!(e.to_string(), "10x11 pixels, more than the limit of 100");
+        assert!(TooManyPixels::check(u64::MAX, u64::MAX, u64::MAX - 1).is_err());
+    }
 
     #[test]
     fn rotation_is_clockwise() {

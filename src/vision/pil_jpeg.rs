@@ -66,6 +66,8 @@
 
 use std::fmt;
 
+use super::image::TooManyPixels;
+
 /// Maximum number of scans (SOS markers) accepted in one image.  Real
 /// encoders emit at most a few dozen; the cap bounds the work a hostile file
 /// can cause.
@@ -154,15 +156,8 @@ pub enum JpegError {
     Malformed(String),
     /// The data ended before the image was complete.
     Truncated,
-    /// The image has more pixels than the caller allowed.
-    TooLarge {
-        /// Width claimed by the frame header.
-        width: usize,
-        /// Height claimed by the frame header.
-        height: usize,
-        /// The caller's limit.
-        max_pixels: u64,
-    },
+    /// The frame header claims more pixels than the caller allowed.
+    TooLarge(TooManyPixels),
 }
 
 impl fmt::Display for JpegError {
@@ -171,14 +166,7 @@ impl fmt::Display for JpegError {
             JpegError::Unsupported(s) => write!(f, "unsupported JPEG: {s}"),
             JpegError::Malformed(s) => write!(f, "malformed JPEG: {s}"),
             JpegError::Truncated => write!(f, "JPEG data is truncated"),
-            JpegError::TooLarge {
-                width,
-                height,
-                max_pixels,
-            } => write!(
-                f,
-                "JPEG is {width}x{height} pixels, more than the limit of {max_pixels}"
-            ),
+            JpegError::TooLarge(e) => e.fmt(f),
         }
     }
 }
@@ -1012,14 +1000,8 @@ impl<'a> Decoder<'a> {
         {
             return malformed("bad sampling factors");
         }
-        let pixels = (width as u64) * (height as u64);
-        if pixels > self.max_pixels {
-            return Err(JpegError::TooLarge {
-                width,
-                height,
-                max_pixels: self.max_pixels,
-            });
-        }
+        TooManyPixels::check(width as u64, height as u64, self.max_pixels)
+            .map_err(JpegError::TooLarge)?;
         let max_h = hdr.comps.iter().map(|c| c.1).max().unwrap_or(1);
         let max_v = hdr.comps.iter().map(|c| c.2).max().unwrap_or(1);
         let mcus_x = width.div_ceil(8 * max_h);

@@ -392,7 +392,7 @@ static void hostile(void) {
     CHECK(small != NULL, "open with max_image_pixels: %s", glance_last_error());
     uint8_t *image = synthetic(3, W * 3);
     EXPECT_ERROR(glance_generate_rgb(small, image, W * 3 * H, W, H, W * 3, 3, NULL, NULL, NULL),
-                 "more than the limit of 100 pixels");
+                 "pixels, more than the limit of 100");
     free(image);
     CHECK(glance_model_close(small) == 0, "close");
 
