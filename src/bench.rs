@@ -118,7 +118,8 @@ pub fn measure(model_dir: &Path, image: &Path, options: &BenchOptions) -> Result
 pub struct Profile {
     /// The first image stage (the encoder, or the visual tokenizer) on the bench image.
     pub encoder: Vec<(String, f64)>,
-    /// One decoder step after the first (one new token against the cache).
+    /// One decoder step after the first (one new token against the cache), for as many rows as
+    /// the options' `num_beams`: what one step of beam search runs.
     pub decoder_step: Vec<(String, f64)>,
 }
 
@@ -132,7 +133,10 @@ pub fn profile(model: &Model, image: &Rgb8, options: &BenchOptions) -> Result<Pr
     let logits = session.step(&[&prompt])?;
     let mut tokens = prompt.clone();
     tokens.push(crate::decode::greedy::argmax(logits.row(0)));
-    let decoder_step = by_op(session.profile_step(&[&tokens])?);
+    // Beam search expands the one row after the first step, as here.
+    let rows = options.generate.generation.num_beams.unwrap_or(1).max(1);
+    session.reorder(&vec![0; rows])?;
+    let decoder_step = by_op(session.profile_step(&vec![tokens.as_slice(); rows])?);
     Ok(Profile {
         encoder,
         decoder_step,

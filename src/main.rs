@@ -280,7 +280,7 @@ struct BenchArgs {
     #[arg(long)]
     json: bool,
     /// Also time every node of the encoder and of one decoder step (tract's profiling), summed
-    /// per operator.
+    /// per operator; the step runs `--num-beams` rows, as beam search does.
     #[arg(long)]
     profile: bool,
     /// The image.

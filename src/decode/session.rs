@@ -157,7 +157,7 @@ impl Decoder {
         Session {
             decoder: self,
             origin: (0..encoder_states.shape()[0]).collect(),
-            encoder_states,
+            encoder_states: encoder_states.into_tvalue(),
             cache: Vec::new(),
             cached_len: 0,
             steps: 0,
@@ -191,11 +191,13 @@ impl Logits {
 }
 
 /// One KV-cache tensor, `[rows, heads, sequence, head_dim]`, known by its cache key
-/// (`X` in `past_key_values.X` / `present.X`).
+/// (`X` in `past_key_values.X` / `present.X`). Shared, not owned: a step's output becomes the
+/// next step's input without a copy (the cross-attention cache of TrOCR-small is 28 MB at four
+/// beams, copied twice per step when it was owned).
 #[derive(Debug, Clone)]
 struct CacheEntry {
     key: String,
-    tensor: Tensor,
+    tensor: TValue,
 }
 
 /// The state of one generation: encoder output per row and the KV cache per row.
@@ -203,7 +205,7 @@ pub struct Session<'d> {
     decoder: &'d Decoder,
     /// For each row, the image (row of the encoder output) it decodes.
     origin: Vec<usize>,
-    encoder_states: Tensor,
+    encoder_states: TValue,
     cache: Vec<CacheEntry>,
     /// How many tokens of each row the cache holds.
     cached_len: usize,
@@ -278,11 +280,11 @@ impl Session<'_> {
         let origin: Vec<usize> = from.iter().map(|&f| self.origin[f]).collect();
         let same_images = origin == self.origin;
         if !same_images {
-            self.encoder_states = gather_rows(&self.encoder_states, from)?;
+            self.encoder_states = gather_rows(&self.encoder_states, from)?.into_tvalue();
         }
         for entry in &mut self.cache {
             if !same_images || !names::is_cross_attention(&entry.key) {
-                entry.tensor = gather_rows(&entry.tensor, from)?;
+                entry.tensor = gather_rows(&entry.tensor, from)?.into_tvalue();
             }
         }
         self.origin = origin;
@@ -305,12 +307,16 @@ impl Session<'_> {
                 .map(|e| {
                     Ok(CacheEntry {
                         key: e.key.clone(),
-                        tensor: row_of(&e.tensor, r)?,
+                        tensor: row_of(&e.tensor, r)?.into_tvalue(),
                     })
                 })
                 .collect::<Result<_>>()?;
-            let (logits, presents) =
-                self.run(graph, &[row], &row_of(&self.encoder_states, r)?, &cache)?;
+            let (logits, presents) = self.run(
+                graph,
+                &[row],
+                &row_of(&self.encoder_states, r)?.into(),
+                &cache,
+            )?;
             data.extend(logits.data);
             per_row.push(presents);
         }
@@ -327,7 +333,7 @@ impl Session<'_> {
         &self,
         graph: &Graph,
         tokens: &[&[u32]],
-        encoder_states: &Tensor,
+        encoder_states: &TValue,
         cache: &[CacheEntry],
     ) -> Result<(Logits, Vec<CacheEntry>)> {
         let outputs = graph.run(feed(graph, tokens, encoder_states, cache))?;
@@ -341,7 +347,7 @@ impl Session<'_> {
                 let key = names::present_key(&port.name)?;
                 Some(CacheEntry {
                     key: key.to_string(),
-                    tensor: value.clone().into_tensor(),
+                    tensor: value.clone(),
                 })
             })
             .collect();
@@ -356,17 +362,12 @@ impl Session<'_> {
         let one_row = cross
             .input(names::ENCODER_HIDDEN_STATES)
             .is_some_and(|p| p.shape.first() == Some(&Some(1)));
-        let run = |states: &Tensor, tokens: &[&[u32]]| -> Result<Vec<CacheEntry>> {
+        let run = |states: &TValue, tokens: &[&[u32]]| -> Result<Vec<CacheEntry>> {
             let outputs = cross.run(|port| {
                 if port.name == names::ENCODER_HIDDEN_STATES {
                     Ok(states.clone())
                 } else if port.name == names::INPUT_IDS {
-                    let ids: Vec<i64> = tokens
-                        .iter()
-                        .flat_map(|r| r.iter().map(|&t| t as i64))
-                        .collect();
-                    Tensor::from_shape(&[tokens.len(), tokens[0].len()], &ids)
-                        .map_err(|e| Error::graph(&cross.path, e))
+                    input_ids(cross, tokens)
                 } else {
                     Err(Error::graph(
                         &cross.path,
@@ -381,7 +382,7 @@ impl Session<'_> {
                 .filter_map(|(port, value)| {
                     Some(CacheEntry {
                         key: names::present_key(&port.name)?.to_string(),
-                        tensor: value.clone().into_tensor(),
+                        tensor: value.clone(),
                     })
                 })
                 .collect())
@@ -390,7 +391,7 @@ impl Session<'_> {
             return run(&self.encoder_states, tokens);
         }
         let per_row = (0..rows)
-            .map(|r| run(&row_of(&self.encoder_states, r)?, &tokens[r..r + 1]))
+            .map(|r| run(&row_of(&self.encoder_states, r)?.into(), &tokens[r..r + 1]))
             .collect::<Result<Vec<_>>>()?;
         stack_rows(per_row)
     }
@@ -428,19 +429,12 @@ impl Session<'_> {
 fn feed<'a>(
     graph: &'a Graph,
     tokens: &'a [&'a [u32]],
-    encoder_states: &'a Tensor,
+    encoder_states: &'a TValue,
     cache: &'a [CacheEntry],
-) -> impl FnMut(&Port) -> Result<Tensor> + 'a {
-    let rows = tokens.len();
-    let seq = tokens[0].len();
+) -> impl FnMut(&Port) -> Result<TValue> + 'a {
     move |port| {
         if port.name == names::INPUT_IDS {
-            let ids: Vec<i64> = tokens
-                .iter()
-                .flat_map(|r| r.iter().map(|&t| t as i64))
-                .collect();
-            return Tensor::from_shape(&[rows, seq], &ids)
-                .map_err(|e| Error::graph(&graph.path, e));
+            return input_ids(graph, tokens);
         }
         if port.name == names::ENCODER_HIDDEN_STATES {
             return Ok(encoder_states.clone());
@@ -449,9 +443,20 @@ fn feed<'a>(
         match cache.iter().find(|e| e.key == key) {
             Some(entry) => Ok(entry.tensor.clone()),
             // Nothing cached yet: a zero-length past (Optimum's convention for step 0).
-            None => empty_past(graph, port, rows),
+            None => empty_past(graph, port, tokens.len()).map(IntoTValue::into_tvalue),
         }
     }
+}
+
+/// `input_ids` for `graph`: `[rows, tokens]` of i64.
+fn input_ids(graph: &Graph, tokens: &[&[u32]]) -> Result<TValue> {
+    let ids: Vec<i64> = tokens
+        .iter()
+        .flat_map(|r| r.iter().map(|&t| t as i64))
+        .collect();
+    Tensor::from_shape(&[tokens.len(), tokens[0].len()], &ids)
+        .map(IntoTValue::into_tvalue)
+        .map_err(|e| Error::graph(&graph.path, e))
 }
 
 /// A `[rows, heads, 0, head_dim]` tensor for a past input nothing has filled yet.
@@ -509,11 +514,12 @@ fn stack_rows(rows: Vec<Vec<CacheEntry>>) -> Result<Vec<CacheEntry>> {
     };
     (0..first.len())
         .map(|i| {
-            let parts: Vec<&Tensor> = rows.iter().map(|row| &row[i].tensor).collect();
+            let parts: Vec<&Tensor> = rows.iter().map(|row| &*row[i].tensor).collect();
             Ok(CacheEntry {
                 key: first[i].key.clone(),
                 tensor: Tensor::stack_tensors(0, &parts)
-                    .map_err(|e| Error::Generation(e.to_string()))?,
+                    .map_err(|e| Error::Generation(e.to_string()))?
+                    .into_tvalue(),
             })
         })
         .collect()

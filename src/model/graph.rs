@@ -323,7 +323,10 @@ impl Graph {
     /// Runs the graph; `feed` gives the value of each input port in turn. Values whose float
     /// type differs from the port's (f32 given to an fp16 graph) are converted here, at the
     /// boundary, so the rest of glance works in f32.
-    pub fn run(&self, feed: impl FnMut(&Port) -> Result<Tensor>) -> Result<TVec<TValue>> {
+    pub fn run<V: Into<TValue>>(
+        &self,
+        feed: impl FnMut(&Port) -> Result<V>,
+    ) -> Result<TVec<TValue>> {
         let values = self.inputs(feed)?;
         // tract's kernels index with slices and panic on inputs the graph does not expect (a
         // position past the end of a table, say); the caller gets an error, not a crash.
@@ -334,19 +337,24 @@ impl Graph {
         })
     }
 
-    /// The value of each input port from `feed`, in the port's type.
-    fn inputs(&self, mut feed: impl FnMut(&Port) -> Result<Tensor>) -> Result<TVec<TValue>> {
+    /// The value of each input port from `feed`, in the port's type. A value already of that
+    /// type is passed on as it is, shared, not copied (a KV cache).
+    fn inputs<V: Into<TValue>>(
+        &self,
+        mut feed: impl FnMut(&Port) -> Result<V>,
+    ) -> Result<TVec<TValue>> {
         let mut values = TVec::with_capacity(self.inputs.len());
         for port in &self.inputs {
-            let t = feed(port)?;
-            let t = if t.datum_type() != port.dt {
-                t.cast_to_dt(port.dt)
+            let v: TValue = feed(port)?.into();
+            let v = if v.datum_type() != port.dt {
+                v.cast_to_dt(port.dt)
                     .map_err(|e| Error::graph(&self.path, e))?
                     .into_owned()
+                    .into_tvalue()
             } else {
-                t
+                v
             };
-            values.push(t.into_tvalue());
+            values.push(v);
         }
         Ok(values)
     }
@@ -374,7 +382,10 @@ pub struct NodeTime {
 impl Graph {
     /// Runs the graph once like [`Graph::run`], timing every node (tract's plan, evaluated node
     /// by node): where a graph spends its time, for benchmarks and profiling.
-    pub fn profile(&self, feed: impl FnMut(&Port) -> Result<Tensor>) -> Result<Vec<NodeTime>> {
+    pub fn profile<V: Into<TValue>>(
+        &self,
+        feed: impl FnMut(&Port) -> Result<V>,
+    ) -> Result<Vec<NodeTime>> {
         let fail = |e: TractError| Error::graph(&self.path, e);
         let values = self.inputs(feed)?;
         let mut times = Vec::new();
