@@ -327,7 +327,7 @@ impl Graph {
         &self,
         feed: impl FnMut(&Port) -> Result<V>,
     ) -> Result<TVec<TValue>> {
-        let values = self.inputs(feed)?;
+        let values = self.input_values(feed)?;
         // tract's kernels index with slices and panic on inputs the graph does not expect (a
         // position past the end of a table, say); the caller gets an error, not a crash.
         in_tract(&self.path, "running", || {
@@ -339,7 +339,7 @@ impl Graph {
 
     /// The value of each input port from `feed`, in the port's type. A value already of that
     /// type is passed on as it is, shared, not copied (a KV cache).
-    fn inputs<V: Into<TValue>>(
+    fn input_values<V: Into<TValue>>(
         &self,
         mut feed: impl FnMut(&Port) -> Result<V>,
     ) -> Result<TVec<TValue>> {
@@ -387,7 +387,7 @@ impl Graph {
         feed: impl FnMut(&Port) -> Result<V>,
     ) -> Result<Vec<NodeTime>> {
         let fail = |e: TractError| Error::graph(&self.path, e);
-        let values = self.inputs(feed)?;
+        let values = self.input_values(feed)?;
         let mut times = Vec::new();
         in_tract(&self.path, "profiling", || {
             let mut state = self.plan.spawn().map_err(fail)?;
