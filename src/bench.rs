@@ -113,20 +113,56 @@ pub fn measure(model_dir: &Path, image: &Path, options: &BenchOptions) -> Result
     })
 }
 
-/// Where the time goes: tract's per-node timings summed per operator, largest first.
+/// Where one stage's time goes, from tract's per-node timings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageProfile {
+    /// Milliseconds per operator (summed over its nodes), largest first.
+    pub by_op: Vec<(String, f64)>,
+    /// Milliseconds of the slowest nodes (name and operator details), slowest first.
+    pub slowest: Vec<(String, f64)>,
+}
+
+impl StageProfile {
+    fn new(times: Vec<crate::model::graph::NodeTime>) -> StageProfile {
+        let mut by_op: Vec<(String, f64)> = Vec::new();
+        for t in &times {
+            match by_op.iter_mut().find(|(op, _)| *op == t.op) {
+                Some((_, ms)) => *ms += t.seconds * 1000.0,
+                None => by_op.push((t.op.clone(), t.seconds * 1000.0)),
+            }
+        }
+        by_op.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let mut slowest: Vec<(String, f64)> = times
+            .into_iter()
+            .map(|t| (t.node, t.seconds * 1000.0))
+            .collect();
+        slowest.sort_by(|a, b| b.1.total_cmp(&a.1));
+        slowest.truncate(SLOWEST_NODES);
+        StageProfile { by_op, slowest }
+    }
+
+    pub fn total_ms(&self) -> f64 {
+        self.by_op.iter().map(|(_, ms)| ms).sum()
+    }
+}
+
+/// How many of the slowest nodes a [`StageProfile`] keeps.
+const SLOWEST_NODES: usize = 10;
+
+/// Where the time goes in the encoder and in one decoder step.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Profile {
     /// The first image stage (the encoder, or the visual tokenizer) on the bench image.
-    pub encoder: Vec<(String, f64)>,
+    pub encoder: StageProfile,
     /// One decoder step after the first (one new token against the cache), for as many rows as
     /// the options' `num_beams`: what one step of beam search runs.
-    pub decoder_step: Vec<(String, f64)>,
+    pub decoder_step: StageProfile,
 }
 
 /// Profiles the encoder and one decoder step of `model` on `image`.
 pub fn profile(model: &Model, image: &Rgb8, options: &BenchOptions) -> Result<Profile> {
     let pixels = model.preprocess(image, options.resolution)?;
-    let encoder = by_op(model.graphs().encoder.profile(&pixels.item(0))?);
+    let encoder = StageProfile::new(model.graphs().encoder.profile(&pixels.item(0))?);
     let (prompt, _) = model.prepare(&options.generate)?;
     let states = model.encode(&pixels.item(0))?;
     let mut session = model.graphs().decoder.session(states);
@@ -136,23 +172,11 @@ pub fn profile(model: &Model, image: &Rgb8, options: &BenchOptions) -> Result<Pr
     // Beam search expands the one row after the first step, as here.
     let rows = options.generate.generation.num_beams.unwrap_or(1).max(1);
     session.reorder(&vec![0; rows])?;
-    let decoder_step = by_op(session.profile_step(&vec![tokens.as_slice(); rows])?);
+    let decoder_step = StageProfile::new(session.profile_step(&vec![tokens.as_slice(); rows])?);
     Ok(Profile {
         encoder,
         decoder_step,
     })
-}
-
-fn by_op(times: Vec<crate::model::graph::NodeTime>) -> Vec<(String, f64)> {
-    let mut ops: Vec<(String, f64)> = Vec::new();
-    for t in times {
-        match ops.iter_mut().find(|(op, _)| *op == t.op) {
-            Some((_, ms)) => *ms += t.seconds * 1000.0,
-            None => ops.push((t.op, t.seconds * 1000.0)),
-        }
-    }
-    ops.sort_by(|a, b| b.1.total_cmp(&a.1));
-    ops
 }
 
 /// How a matrix product is computed, for [`matmul_throughput`].

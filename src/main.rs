@@ -548,10 +548,11 @@ fn bench(args: &BenchArgs) -> Result<bool, Error> {
     } else {
         None
     };
-    let ops = |ops: &[(String, f64)]| -> serde_json::Value {
-        ops.iter()
-            .map(|(op, ms)| json!({"op": op, "ms": ms}))
-            .collect()
+    let stage = |s: &glance::bench::StageProfile| {
+        json!({
+            "by_op": s.by_op.iter().map(|(op, ms)| json!({"op": op, "ms": ms})).collect::<Vec<_>>(),
+            "slowest_nodes": s.slowest.iter().map(|(node, ms)| json!({"node": node, "ms": ms})).collect::<Vec<_>>(),
+        })
     };
     let mut text = if args.json {
         json!({
@@ -562,7 +563,7 @@ fn bench(args: &BenchArgs) -> Result<bool, Error> {
             "total_ms": r.total_ms, "tokens_generated": r.tokens_generated, "threads": r.threads,
             "runs": r.runs, "text": r.text,
             "profile": profile.as_ref().map(|p| json!({
-                "encoder": ops(&p.encoder), "decoder_step": ops(&p.decoder_step),
+                "encoder": stage(&p.encoder), "decoder_step": stage(&p.decoder_step),
             })),
         })
         .to_string()
@@ -588,15 +589,19 @@ fn bench(args: &BenchArgs) -> Result<bool, Error> {
         )
     };
     if let (Some(p), false) = (&profile, args.json) {
-        for (stage, ops) in [("encoder", &p.encoder), ("decoder step", &p.decoder_step)] {
-            let total: f64 = ops.iter().map(|(_, ms)| ms).sum();
-            text.push_str(&format!("\n\n{stage}: {total:.1} ms in tract nodes"));
-            for (op, ms) in ops.iter().take(12) {
+        for (name, stage) in [("encoder", &p.encoder), ("decoder step", &p.decoder_step)] {
+            let total = stage.total_ms();
+            text.push_str(&format!("\n\n{name}: {total:.1} ms in tract nodes"));
+            for (op, ms) in stage.by_op.iter().take(12) {
                 text.push_str(&format!(
                     "\n  {:>9.2} ms {:>5.1}%  {op}",
                     ms,
                     100.0 * ms / total.max(1e-9)
                 ));
+            }
+            text.push_str("\n  slowest nodes:");
+            for (node, ms) in &stage.slowest {
+                text.push_str(&format!("\n  {ms:>9.2} ms  {node}"));
             }
         }
     }

@@ -40,6 +40,14 @@ fn fp32_parity(arch: &str) {
             let dir = assemble(arch, Dtype::Fp32, form, layout);
             let model = open(dir.path(), Dtype::Fp32);
             assert_eq!(model.dir().files.decoder.form(), form);
+            // What depends on the encoder output alone runs once per image (model::hoist).
+            let step = model.graphs().decoder.steps.every_step();
+            assert!(
+                step.hoisted_values() > 0,
+                "{arch} {} {layout:?}: nothing hoisted out of {}",
+                form.name(),
+                step.path.display()
+            );
             let mut same = 0;
             for case in cases {
                 let name = format!(

@@ -6,7 +6,7 @@
 use tract_onnx::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::model::graph::{Graph, NodeTime, Port};
+use crate::model::graph::{Graph, Hoisted, NodeTime, Port};
 use crate::model::names;
 
 /// Which graph runs which decoder step.
@@ -32,6 +32,14 @@ impl Steps {
         match self {
             Steps::NoPast(g) => g,
             Steps::Split { first, .. } if cached_len == 0 => first,
+            Steps::Split { with_past, .. } | Steps::Shared { with_past, .. } => with_past,
+        }
+    }
+
+    /// The graph that runs every step after the first.
+    pub fn every_step(&self) -> &Graph {
+        match self {
+            Steps::NoPast(g) => g,
             Steps::Split { with_past, .. } | Steps::Shared { with_past, .. } => with_past,
         }
     }
@@ -159,6 +167,7 @@ impl Decoder {
             origin: (0..encoder_states.shape()[0]).collect(),
             encoder_states: encoder_states.into_tvalue(),
             cache: Vec::new(),
+            hoisted: None,
             cached_len: 0,
             steps: 0,
         }
@@ -207,6 +216,9 @@ pub struct Session<'d> {
     origin: Vec<usize>,
     encoder_states: TValue,
     cache: Vec<CacheEntry>,
+    /// What the every-step graph computes from the encoder states and the cross-attention
+    /// cache alone, for the current rows; `None` once those change.
+    hoisted: Option<Hoisted>,
     /// How many tokens of each row the cache holds.
     cached_len: usize,
     steps: usize,
@@ -237,6 +249,7 @@ impl Session<'_> {
         if self.cached_len == 0 {
             if let Some(cross) = self.decoder.steps.cross() {
                 self.cache = self.cross_cache(cross, rows)?;
+                self.hoisted = None;
             }
         }
         let graph = self.decoder.steps.graph_for(self.cached_len);
@@ -246,8 +259,20 @@ impl Session<'_> {
             .is_some_and(|p| p.shape.first() == Some(&Some(1)));
         let (logits, presents) = if one_row && rows.len() > 1 {
             self.run_row_by_row(graph, &fresh)?
+        } else if std::ptr::eq(graph, self.decoder.steps.every_step()) {
+            if self.hoisted.is_none() {
+                let fixed = feed(graph, &fresh, &self.encoder_states, &self.cache);
+                self.hoisted = Some(graph.hoist(fixed)?);
+            }
+            self.run(
+                graph,
+                &fresh,
+                &self.encoder_states,
+                &self.cache,
+                self.hoisted.as_ref(),
+            )?
         } else {
-            self.run(graph, &fresh, &self.encoder_states, &self.cache)?
+            self.run(graph, &fresh, &self.encoder_states, &self.cache, None)?
         };
         if self.decoder.steps.with_past().is_some() {
             self.store(presents);
@@ -281,6 +306,7 @@ impl Session<'_> {
         let same_images = origin == self.origin;
         if !same_images {
             self.encoder_states = gather_rows(&self.encoder_states, from)?.into_tvalue();
+            self.hoisted = None;
         }
         for entry in &mut self.cache {
             if !same_images || !names::is_cross_attention(&entry.key) {
@@ -316,6 +342,7 @@ impl Session<'_> {
                 &[row],
                 &row_of(&self.encoder_states, r)?.into(),
                 &cache,
+                None,
             )?;
             data.extend(logits.data);
             per_row.push(presents);
@@ -329,14 +356,20 @@ impl Session<'_> {
         ))
     }
 
+    /// Runs `graph` on `tokens`, with the values `hoisted` from its prelude where given.
     fn run(
         &self,
         graph: &Graph,
         tokens: &[&[u32]],
         encoder_states: &TValue,
         cache: &[CacheEntry],
+        hoisted: Option<&Hoisted>,
     ) -> Result<(Logits, Vec<CacheEntry>)> {
-        let outputs = graph.run(feed(graph, tokens, encoder_states, cache))?;
+        let feed = feed(graph, tokens, encoder_states, cache);
+        let outputs = match hoisted {
+            Some(hoisted) => graph.run_hoisted(feed, hoisted)?,
+            None => graph.run(feed)?,
+        };
         let at = graph.output_index(names::LOGITS).unwrap_or(0);
         let logits = last_position(graph, &outputs[at])?;
         let presents = graph
@@ -416,6 +449,9 @@ impl Session<'_> {
                 .any(|p| names::past_key(&p.name) == Some(&entry.key));
             if !wanted {
                 continue;
+            }
+            if names::is_cross_attention(&entry.key) {
+                self.hoisted = None;
             }
             match self.cache.iter_mut().find(|e| e.key == entry.key) {
                 Some(slot) => slot.tensor = entry.tensor,

@@ -10,7 +10,7 @@ use tract_onnx::pb::{tensor_proto::DataLocation, GraphProto, ModelProto, TensorP
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::optim::Optimizer;
 
-use super::external;
+use super::{external, hoist};
 use crate::error::{Error, Result};
 
 /// An input or output of a graph, as tract typed it.
@@ -111,7 +111,22 @@ pub struct Graph {
     pub inputs: Vec<Port>,
     pub outputs: Vec<Port>,
     plan: Arc<TypedRunnableModel>,
+    prelude: Option<Prelude>,
 }
+
+/// The part of a step graph that depends only on inputs fixed for a whole generation
+/// ([`super::hoist`]): `plan` takes the graph's inputs at `reads` and gives the values the main
+/// plan takes after the graph's own inputs.
+#[derive(Debug, Clone)]
+struct Prelude {
+    plan: Arc<TypedRunnableModel>,
+    reads: Vec<usize>,
+}
+
+/// What a graph's prelude computed from the fixed inputs ([`Graph::hoist`]): valid for as long
+/// as those inputs stay the same. Empty for a graph without a prelude.
+#[derive(Debug, Clone, Default)]
+pub struct Hoisted(TVec<TValue>);
 
 /// Reads an ONNX file through a memory map and decodes its protobuf, leaving the weights in the
 /// file: large initializers become references that tract resolves when it builds each tensor
@@ -207,10 +222,23 @@ impl Graph {
         shapes: &Shapes,
         threads: usize,
     ) -> Result<Graph> {
+        Self::prepare_step(path, proto, shapes, threads, |_| false)
+    }
+
+    /// Like [`Graph::prepare`], for a graph run at every decoder step: the work that depends
+    /// only on the inputs for which `fixed` is true (and on constants) is cut into a prelude,
+    /// run once through [`Graph::hoist`].
+    pub fn prepare_step(
+        path: &Path,
+        proto: &ModelProto,
+        shapes: &Shapes,
+        threads: usize,
+        fixed: fn(&str) -> bool,
+    ) -> Result<Graph> {
         // tract's analysis indexes with what the file says (an Unsqueeze axis past the rank
         // panicked in tract-hir's shape inference, found by fuzzing): a damaged file is an error.
         in_tract(path, "analysing", || {
-            Self::prepare_unguarded(path, proto, shapes, threads)
+            Self::prepare_unguarded(path, proto, shapes, threads, fixed)
         })
     }
 
@@ -219,6 +247,7 @@ impl Graph {
         proto: &ModelProto,
         shapes: &Shapes,
         threads: usize,
+        fixed: fn(&str) -> bool,
     ) -> Result<Graph> {
         let fail = |e: TractError| Error::graph(path, e);
         // Exporters' value_info annotations sometimes contradict what tract infers
@@ -303,13 +332,40 @@ impl Graph {
             executor: (threads > 1).then(|| multithread::Executor::multithread(threads)),
             ..Default::default()
         };
+        let flags: Vec<bool> = input_names.iter().map(|n| fixed(n)).collect();
+        let (typed, prelude) = match hoist::split(&typed, &flags).map_err(fail)? {
+            Some(split) => {
+                log::debug!(
+                    "{}: {} values computed once per image, not at every step",
+                    path.display(),
+                    split.prelude.outputs.len()
+                );
+                let prelude = Prelude {
+                    plan: split
+                        .prelude
+                        .into_runnable_with_options(&options)
+                        .map_err(fail)?,
+                    reads: split.reads,
+                };
+                (split.step, Some(prelude))
+            }
+            None => (typed, None),
+        };
         let plan = typed.into_runnable_with_options(&options).map_err(fail)?;
         Ok(Graph {
             path: path.to_path_buf(),
             inputs,
             outputs,
             plan,
+            prelude,
         })
+    }
+
+    /// How many values the graph's prelude computes from its fixed inputs (0 without one).
+    pub fn hoisted_values(&self) -> usize {
+        self.prelude
+            .as_ref()
+            .map_or(0, |p| p.plan.model().outputs.len())
     }
 
     pub fn input(&self, name: &str) -> Option<&Port> {
@@ -327,7 +383,55 @@ impl Graph {
         &self,
         feed: impl FnMut(&Port) -> Result<V>,
     ) -> Result<TVec<TValue>> {
-        let values = self.input_values(feed)?;
+        let values = self.input_values(self.inputs.iter(), feed)?;
+        let hoisted = self.hoist_from(&values)?;
+        self.run_values(values, &hoisted)
+    }
+
+    /// The values of the graph's prelude, from the inputs fixed for a generation (`feed` is
+    /// asked for those only): what [`Graph::run_hoisted`] then takes at every step.
+    pub fn hoist<V: Into<TValue>>(&self, feed: impl FnMut(&Port) -> Result<V>) -> Result<Hoisted> {
+        let Some(prelude) = &self.prelude else {
+            return Ok(Hoisted::default());
+        };
+        let ports = prelude.reads.iter().map(|&ix| &self.inputs[ix]);
+        let values = self.input_values(ports, feed)?;
+        self.run_prelude(prelude, values)
+    }
+
+    /// Runs the graph with the values [`Graph::hoist`] computed for the current fixed inputs.
+    pub fn run_hoisted<V: Into<TValue>>(
+        &self,
+        feed: impl FnMut(&Port) -> Result<V>,
+        hoisted: &Hoisted,
+    ) -> Result<TVec<TValue>> {
+        let values = self.input_values(self.inputs.iter(), feed)?;
+        self.run_values(values, hoisted)
+    }
+
+    /// [`Graph::hoist`] from the values of all inputs.
+    fn hoist_from(&self, values: &[TValue]) -> Result<Hoisted> {
+        match &self.prelude {
+            Some(prelude) => {
+                let reads = prelude.reads.iter().map(|&ix| values[ix].clone()).collect();
+                self.run_prelude(prelude, reads)
+            }
+            None => Ok(Hoisted::default()),
+        }
+    }
+
+    fn run_prelude(&self, prelude: &Prelude, values: TVec<TValue>) -> Result<Hoisted> {
+        let outputs = in_tract(&self.path, "running", || {
+            prelude
+                .plan
+                .run(values)
+                .map_err(|e| Error::graph(&self.path, e))
+        })?;
+        Ok(Hoisted(outputs))
+    }
+
+    fn run_values(&self, mut values: TVec<TValue>, hoisted: &Hoisted) -> Result<TVec<TValue>> {
+        values.extend(hoisted.0.iter().cloned());
         // tract's kernels index with slices and panic on inputs the graph does not expect (a
         // position past the end of a table, say); the caller gets an error, not a crash.
         in_tract(&self.path, "running", || {
@@ -337,14 +441,15 @@ impl Graph {
         })
     }
 
-    /// The value of each input port from `feed`, in the port's type. A value already of that
+    /// The value of each of `ports` from `feed`, in the port's type. A value already of that
     /// type is passed on as it is, shared, not copied (a KV cache).
-    fn input_values<V: Into<TValue>>(
+    fn input_values<'p, V: Into<TValue>>(
         &self,
+        ports: impl Iterator<Item = &'p Port>,
         mut feed: impl FnMut(&Port) -> Result<V>,
     ) -> Result<TVec<TValue>> {
         let mut values = TVec::with_capacity(self.inputs.len());
-        for port in &self.inputs {
+        for port in ports {
             let v: TValue = feed(port)?.into();
             let v = if v.datum_type() != port.dt {
                 v.cast_to_dt(port.dt)
@@ -382,12 +487,15 @@ pub struct NodeTime {
 impl Graph {
     /// Runs the graph once like [`Graph::run`], timing every node (tract's plan, evaluated node
     /// by node): where a graph spends its time, for benchmarks and profiling.
+    /// A prelude runs untimed first: the times are those of what runs at every step.
     pub fn profile<V: Into<TValue>>(
         &self,
         feed: impl FnMut(&Port) -> Result<V>,
     ) -> Result<Vec<NodeTime>> {
         let fail = |e: TractError| Error::graph(&self.path, e);
-        let values = self.input_values(feed)?;
+        let mut values = self.input_values(self.inputs.iter(), feed)?;
+        let hoisted = self.hoist_from(&values)?;
+        values.extend(hoisted.0);
         let mut times = Vec::new();
         in_tract(&self.path, "profiling", || {
             let mut state = self.plan.spawn().map_err(fail)?;
@@ -396,7 +504,7 @@ impl Graph {
                     let start = std::time::Instant::now();
                     let out = tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
                     times.push(NodeTime {
-                        node: format!("{} {:?}", node.name, node.op().info().unwrap_or_default()),
+                        node: node.name.clone(),
                         op: node.op().name().to_string(),
                         seconds: start.elapsed().as_secs_f64(),
                     });

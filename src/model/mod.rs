@@ -4,6 +4,7 @@ pub mod compute;
 pub mod encoder;
 pub mod external;
 pub mod graph;
+pub mod hoist;
 pub mod json;
 pub mod layout;
 pub mod names;
@@ -200,10 +201,23 @@ fn edit_decoder(
     Ok(proto)
 }
 
+/// Whether a decoder graph runs at every step, so that what it computes from the inputs fixed
+/// for a generation is worth hoisting out ([`hoist`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Runs {
+    EveryStep,
+    Once,
+}
+
 /// Makes the tract plan of an edited decoder graph.
-fn plan_decoder(path: &Path, mut proto: ModelProto, rt: Runtime) -> Result<Graph> {
+fn plan_decoder(path: &Path, mut proto: ModelProto, rt: Runtime, runs: Runs) -> Result<Graph> {
     prepare_proto(&mut proto, path, rt.compute)?;
-    match Graph::prepare(path, &proto, &Shapes::default(), rt.threads) {
+    let fixed = match runs {
+        Runs::EveryStep => names::is_fixed_for_generation,
+        Runs::Once => |_: &str| false,
+    };
+    let prepare = |shapes: &Shapes| Graph::prepare_step(path, &proto, shapes, rt.threads, fixed);
+    match prepare(&Shapes::default()) {
         Ok(g) => Ok(g),
         // Some GPT-2 graphs only type with a concrete batch (tract-hf-recipes.md item 6):
         // fall back to running rows one at a time.
@@ -212,7 +226,7 @@ fn plan_decoder(path: &Path, mut proto: ModelProto, rt: Runtime) -> Result<Graph
                 batch_of_one: true,
                 ..Shapes::default()
             };
-            Graph::prepare(path, &proto, &one, rt.threads).map_err(|_| first)
+            prepare(&one).map_err(|_| first)
         }
     }
 }
@@ -223,8 +237,9 @@ fn prepare_decoder(
     branch: Option<Branch>,
     role: Role,
     rt: Runtime,
+    runs: Runs,
 ) -> Result<Graph> {
-    plan_decoder(path, edit_decoder(path, proto, branch, role)?, rt)
+    plan_decoder(path, edit_decoder(path, proto, branch, role)?, rt, runs)
 }
 
 /// A step graph that takes `encoder_hidden_states` at every step (GPT-2 with cross-attention)
@@ -240,7 +255,7 @@ fn cut_encoder_only(path: &Path, step: ModelProto, rt: Runtime) -> Result<(Graph
         })
     });
     let Some(cut) = cut else {
-        return Ok((plan_decoder(path, step, rt)?, None));
+        return Ok((plan_decoder(path, step, rt, Runs::EveryStep)?, None));
     };
     let attempt = |cut: surgery::EncoderOnly| -> Result<(Graph, Graph)> {
         // The cut graph with the step file's header (opsets, IR version), without copying the
@@ -259,6 +274,7 @@ fn cut_encoder_only(path: &Path, step: ModelProto, rt: Runtime) -> Result<(Graph
                 ..header
             },
             rt,
+            Runs::Once,
         )?;
         let renames: Vec<(String, String)> = cut
             .outputs
@@ -286,7 +302,7 @@ fn cut_encoder_only(path: &Path, step: ModelProto, rt: Runtime) -> Result<(Graph
         if let Some(g) = cut_step.graph.as_mut() {
             surgery::read_instead(g, &renames, inputs);
         }
-        Ok((plan_decoder(path, cut_step, rt)?, cross))
+        Ok((plan_decoder(path, cut_step, rt, Runs::EveryStep)?, cross))
     };
     match attempt(cut) {
         Ok((with_past, cross)) => Ok((with_past, Some(cross))),
@@ -295,7 +311,7 @@ fn cut_encoder_only(path: &Path, step: ModelProto, rt: Runtime) -> Result<(Graph
                 "{}: keeping the cross-attention in the step graph ({e})",
                 path.display()
             );
-            Ok((plan_decoder(path, step, rt)?, None))
+            Ok((plan_decoder(path, step, rt, Runs::EveryStep)?, None))
         }
     }
 }
@@ -310,7 +326,14 @@ fn cut_encoder_only(path: &Path, step: ModelProto, rt: Runtime) -> Result<(Graph
 fn load_decoder(files: &DecoderFiles, rt: Runtime) -> Result<Decoder> {
     let (step_path, step, first_path, branch) = match files {
         DecoderFiles::NoPast(path) => {
-            let g = prepare_decoder(path, graph::read_proto(path)?, None, Role::First, rt)?;
+            let g = prepare_decoder(
+                path,
+                graph::read_proto(path)?,
+                None,
+                Role::First,
+                rt,
+                Runs::EveryStep,
+            )?;
             return Decoder::new(Steps::NoPast(g));
         }
         DecoderFiles::Split { first, with_past } => (
@@ -344,7 +367,7 @@ fn load_decoder(files: &DecoderFiles, rt: Runtime) -> Result<Decoder> {
     let (with_past, cut) = if takes_states {
         cut_encoder_only(step_path, step, rt)?
     } else {
-        (plan_decoder(step_path, step, rt)?, None)
+        (plan_decoder(step_path, step, rt, Runs::EveryStep)?, None)
     };
     let first_proto = || graph::read_proto(first_path);
     let needs_cross = with_past
@@ -359,13 +382,21 @@ fn load_decoder(files: &DecoderFiles, rt: Runtime) -> Result<Decoder> {
             branch,
             Role::CrossCache,
             rt,
+            Runs::Once,
         )?),
         None => None,
     };
     if Steps::can_share(&with_past, cross.as_ref()) {
         return Decoder::new(Steps::Shared { with_past, cross });
     }
-    let first = prepare_decoder(first_path, first_proto()?, branch, Role::First, rt)?;
+    let first = prepare_decoder(
+        first_path,
+        first_proto()?,
+        branch,
+        Role::First,
+        rt,
+        Runs::Once,
+    )?;
     Decoder::new(Steps::Split { first, with_past })
 }
 

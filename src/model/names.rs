@@ -42,3 +42,10 @@ pub fn is_cross_attention(key: &str) -> bool {
 pub fn is_cross_attention_present(name: &str) -> bool {
     present_key(name).is_some_and(is_cross_attention)
 }
+
+/// Whether a decoder input stays the same for a whole generation of one image (the encoder
+/// states, the cross-attention cache): what a step graph computes from such inputs alone is
+/// computed once ([`super::hoist`]).
+pub fn is_fixed_for_generation(name: &str) -> bool {
+    name == ENCODER_HIDDEN_STATES || past_key(name).is_some_and(is_cross_attention)
+}
