@@ -95,6 +95,32 @@ impl ModelArgs {
     }
 }
 
+/// The generation flags of every command that generates text.
+#[derive(Args)]
+struct DecodeArgs {
+    /// Beams for beam search (1: greedy).
+    #[arg(long)]
+    num_beams: Option<usize>,
+    /// At most this many new tokens.
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
+    /// At least this many new tokens (EOS suppressed until then); with --max-new-tokens N,
+    /// exactly N, as benchmarks want.
+    #[arg(long)]
+    min_new_tokens: Option<usize>,
+}
+
+impl DecodeArgs {
+    fn generation(&self) -> GenerationOptions {
+        GenerationOptions {
+            num_beams: self.num_beams,
+            max_new_tokens: self.max_new_tokens,
+            min_new_tokens: self.min_new_tokens,
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(Args)]
 struct RunArgs {
     /// The model directory (Optimum layout, or transformers.js with graphs under onnx/).
@@ -102,16 +128,11 @@ struct RunArgs {
     model: PathBuf,
     #[command(flatten)]
     model_args: ModelArgs,
-    /// Beams for beam search (1: greedy).
-    #[arg(long)]
-    num_beams: Option<usize>,
-    #[arg(long)]
-    max_new_tokens: Option<usize>,
+    #[command(flatten)]
+    decode: DecodeArgs,
     /// Total length limit, decoder prompt included.
     #[arg(long)]
     max_length: Option<usize>,
-    #[arg(long)]
-    min_new_tokens: Option<usize>,
     #[arg(long)]
     length_penalty: Option<f32>,
     /// true, false or never.
@@ -222,9 +243,8 @@ struct OcrArgs {
     /// page mode found).
     #[arg(long)]
     save_chunks: Option<PathBuf>,
-    /// Beams for beam search (1: greedy).
-    #[arg(long)]
-    num_beams: Option<usize>,
+    #[command(flatten)]
+    decode: DecodeArgs,
     /// Stop reading an image after this many milliseconds (its text is then marked truncated
     /// in --json output; lines not reached are left out).
     #[arg(long)]
@@ -240,10 +260,8 @@ struct CaptionArgs {
     model: PathBuf,
     #[command(flatten)]
     model_args: ModelArgs,
-    #[arg(long)]
-    num_beams: Option<usize>,
-    #[arg(long)]
-    max_new_tokens: Option<usize>,
+    #[command(flatten)]
+    decode: DecodeArgs,
     /// Stop decoding an image after this many milliseconds (the caption is then marked
     /// truncated in --json output).
     #[arg(long)]
@@ -267,13 +285,8 @@ struct BenchArgs {
     /// Unmeasured runs first.
     #[arg(long, default_value_t = 1)]
     warmup: usize,
-    #[arg(long)]
-    max_new_tokens: Option<usize>,
-    /// With --max-new-tokens N, forces exactly N tokens (EOS suppressed until then).
-    #[arg(long)]
-    min_new_tokens: Option<usize>,
-    #[arg(long)]
-    num_beams: Option<usize>,
+    #[command(flatten)]
+    decode: DecodeArgs,
     #[command(flatten)]
     resolution: ResolutionArgs,
     /// One JSON object.
@@ -318,10 +331,7 @@ impl RunArgs {
     fn generate_options(&self) -> GenerateOptions {
         GenerateOptions {
             generation: GenerationOptions {
-                max_new_tokens: self.max_new_tokens,
                 max_length: self.max_length,
-                min_new_tokens: self.min_new_tokens,
-                num_beams: self.num_beams,
                 num_return_sequences: self.num_return_sequences,
                 length_penalty: self.length_penalty,
                 early_stopping: self.early_stopping,
@@ -329,7 +339,7 @@ impl RunArgs {
                 repetition_penalty: self.repetition_penalty,
                 bad_words_ids: self.bad_words_ids.clone(),
                 forced_eos_token_id: self.forced_eos_token_id.map(|t| vec![t]),
-                ..Default::default()
+                ..self.decode.generation()
             },
             prompt: self.prompt.clone(),
             keep_special_tokens: self.keep_special_tokens,
@@ -424,10 +434,7 @@ fn ocr(args: &OcrArgs) -> Result<bool, Error> {
     let dir = args.model.clone().unwrap_or_else(default_ocr_model);
     let model = Model::open(&dir, &args.model_args.options())?;
     let options = GenerateOptions {
-        generation: GenerationOptions {
-            num_beams: args.num_beams,
-            ..Default::default()
-        },
+        generation: args.decode.generation(),
         time_budget: args.time_budget_ms.map(std::time::Duration::from_millis),
         ..Default::default()
     };
@@ -489,11 +496,7 @@ fn caption(args: &CaptionArgs) -> Result<bool, Error> {
     let model = Model::open(&args.model, &args.model_args.options())?;
     let resolution = args.resolution.resolution();
     let options = GenerateOptions {
-        generation: GenerationOptions {
-            num_beams: args.num_beams,
-            max_new_tokens: args.max_new_tokens,
-            ..Default::default()
-        },
+        generation: args.decode.generation(),
         time_budget: args.time_budget_ms.map(std::time::Duration::from_millis),
         ..Default::default()
     };
@@ -525,12 +528,7 @@ fn bench(args: &BenchArgs) -> Result<bool, Error> {
     let options = glance::bench::BenchOptions {
         open: args.model_args.options(),
         generate: GenerateOptions {
-            generation: GenerationOptions {
-                max_new_tokens: args.max_new_tokens,
-                min_new_tokens: args.min_new_tokens,
-                num_beams: args.num_beams,
-                ..Default::default()
-            },
+            generation: args.decode.generation(),
             ..Default::default()
         },
         resolution: args.resolution.resolution(),
