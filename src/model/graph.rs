@@ -303,6 +303,14 @@ impl Graph {
 
         let mut typed = model.into_typed().map_err(fail)?;
         declutter(&mut typed).map_err(fail)?;
+        let flags: Vec<bool> = input_names.iter().map(|n| fixed(n)).collect();
+        let turned = hoist::orient_products(&mut typed, &flags).map_err(fail)?;
+        if turned > 0 {
+            log::debug!(
+                "{}: {turned} products turned to keep their fixed operand packed",
+                path.display()
+            );
+        }
         typed.optimize().map_err(fail)?;
 
         let port = |name: &String, fact: &TypedFact| Port {
@@ -332,7 +340,6 @@ impl Graph {
             executor: (threads > 1).then(|| multithread::Executor::multithread(threads)),
             ..Default::default()
         };
-        let flags: Vec<bool> = input_names.iter().map(|n| fixed(n)).collect();
         let (typed, prelude) = match hoist::split(&typed, &flags).map_err(fail)? {
             Some(split) => {
                 log::debug!(

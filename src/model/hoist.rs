@@ -7,8 +7,11 @@
 //! and tract packs keys and values for its matrix kernels. At four beams that work on
 //! `[4, 8, 578, 32]` tensors took half of TrOCR-small's step (BENCHMARKS.md).
 
+use std::collections::HashSet;
+
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::model::SpecialOps;
+use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::plan::SimplePlan;
 
 /// A step model split in two.
@@ -21,6 +24,65 @@ pub struct Split {
     /// order `step` takes them.
     pub prelude: TypedModel,
     pub reads: Vec<usize>,
+}
+
+/// The nodes of a model whose values are fixed for a generation: the invariant inputs, and what
+/// depends on them and constants only.
+struct Fixed {
+    nodes: Vec<bool>,
+    /// The symbols of the invariant inputs' shapes: a fixed value may only have these sizes, as
+    /// one whose shape names the decoder's sequence length differs from step to step.
+    sizes: HashSet<Symbol>,
+}
+
+impl Fixed {
+    fn find(model: &TypedModel, invariant: &[bool], stateful: &[bool]) -> TractResult<Fixed> {
+        let inputs = model.input_outlets()?;
+        let mut sizes = HashSet::new();
+        for (ix, input) in inputs.iter().enumerate() {
+            if invariant.get(ix) == Some(&true) {
+                for dim in model.outlet_fact(*input)?.shape.iter() {
+                    sizes.extend(dim.symbols());
+                }
+            }
+        }
+        let n = model.nodes().len();
+        let mut fixed = vec![false; n];
+        let mut constant = vec![false; n];
+        for id in model.eval_order()? {
+            let node = model.node(id);
+            if let Some(ix) = inputs.iter().position(|o| o.node == id) {
+                fixed[id] = invariant.get(ix) == Some(&true);
+                continue;
+            }
+            if node.inputs.is_empty() {
+                constant[id] = true;
+                continue;
+            }
+            let from_fixed = node
+                .inputs
+                .iter()
+                .all(|i| fixed[i.node] || constant[i.node]);
+            if !from_fixed || stateful.get(id) == Some(&true) {
+                continue;
+            }
+            if !node.inputs.iter().any(|i| fixed[i.node]) {
+                constant[id] = true;
+                continue;
+            }
+            let fixed_sizes = node.outputs.iter().all(|o| {
+                o.fact
+                    .shape
+                    .iter()
+                    .all(|d| d.symbols().iter().all(|s| sizes.contains(s)))
+            });
+            fixed[id] = node.outputs.len() == 1 && fixed_sizes;
+        }
+        Ok(Fixed {
+            nodes: fixed,
+            sizes,
+        })
+    }
 }
 
 /// Splits `model` (optimized) when some of its work depends only on the inputs flagged in
@@ -38,50 +100,8 @@ pub fn split(model: &TypedModel, invariant: &[bool]) -> TractResult<Option<Split
         .iter()
         .map(Option::is_some)
         .collect();
-    // A hoisted value may only have the sizes of the invariant inputs: one whose shape names
-    // the decoder's sequence length would differ from step to step.
-    let mut allowed = std::collections::HashSet::new();
-    for (ix, input) in inputs.iter().enumerate() {
-        if invariant.get(ix) == Some(&true) {
-            for dim in model.outlet_fact(*input)?.shape.iter() {
-                allowed.extend(dim.symbols());
-            }
-        }
-    }
-
+    let Fixed { nodes: fixed, .. } = Fixed::find(model, invariant, &stateful)?;
     let n = model.nodes().len();
-    let mut fixed = vec![false; n]; // invariant inputs and what depends on them and constants only
-    let mut constant = vec![false; n];
-    for id in model.eval_order()? {
-        let node = model.node(id);
-        if let Some(ix) = inputs.iter().position(|o| o.node == id) {
-            fixed[id] = invariant.get(ix) == Some(&true);
-            continue;
-        }
-        if node.inputs.is_empty() {
-            constant[id] = true;
-            continue;
-        }
-        let from_fixed = node
-            .inputs
-            .iter()
-            .all(|i| fixed[i.node] || constant[i.node]);
-        let reads_fixed = node.inputs.iter().any(|i| fixed[i.node]);
-        if !from_fixed || stateful[id] {
-            continue;
-        }
-        if !reads_fixed {
-            constant[id] = true;
-            continue;
-        }
-        let sizes_fixed = node.outputs.iter().all(|o| {
-            o.fact
-                .shape
-                .iter()
-                .all(|d| d.symbols().iter().all(|s| allowed.contains(s)))
-        });
-        fixed[id] = node.outputs.len() == 1 && sizes_fixed;
-    }
 
     // The hoisted values: fixed node outputs read by the rest of the step.
     let is_input = |id: usize| inputs.iter().any(|o| o.node == id);
@@ -127,6 +147,58 @@ pub fn split(model: &TypedModel, invariant: &[bool]) -> TractResult<Option<Split
     }))
 }
 
+/// Puts the fixed operand first in every product of a step value by a fixed one.
+///
+/// tract computes a product with its first operand as the packed "matrix" side, and swaps them
+/// when the second is the longer, but cannot compare two symbolic lengths: the cross-attention
+/// scores `q [.., dec, 32] x k^T [.., 32, enc]` kept the query (one row at a decoding step) on
+/// the 32-row side of its kernels, computing one useful row in 32. With the keys first the
+/// product is a matrix-vector one, and the keys' packing is hoisted with them. Runs on the
+/// decluttered model, before tract's optimizer, which keeps an order it cannot prove wrong.
+/// Returns how many products were turned.
+pub fn orient_products(model: &mut TypedModel, invariant: &[bool]) -> TractResult<usize> {
+    if !invariant.contains(&true) {
+        return Ok(0);
+    }
+    let Fixed {
+        nodes: fixed,
+        sizes,
+    } = Fixed::find(model, invariant, &[])?;
+    // A length known only at run time: the encoder's (fixed) or the step's (not fixed).
+    let has_length = |outlet: OutletId, of_fixed: bool| -> TractResult<bool> {
+        Ok(model.outlet_fact(outlet)?.shape.iter().any(|d| {
+            let symbols = d.symbols();
+            !symbols.is_empty() && symbols.iter().all(|s| sizes.contains(s)) == of_fixed
+        }))
+    };
+    let mut turn = Vec::new();
+    for node in model.nodes() {
+        let Some(op) = node.op_as::<EinSum>() else {
+            continue;
+        };
+        let [a, b] = node.inputs[..] else {
+            continue;
+        };
+        if op.q_params.is_none()
+            && fixed[b.node]
+            && !fixed[a.node]
+            && has_length(a, false)?
+            && has_length(b, true)?
+        {
+            let mut op = op.clone();
+            op.axes
+                .iter_all_axes_mut()
+                .for_each(|axis| axis.inputs.swap(0, 1));
+            turn.push((node.id, op, [b, a]));
+        }
+    }
+    let turned = turn.len();
+    for (id, op, inputs) in turn {
+        TypedModelPatch::replace_single_op(model, model.node(id), &inputs, op)?.apply(model)?;
+    }
+    Ok(turned)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +237,30 @@ mod tests {
         let mut inputs = tvec![fixed, token];
         inputs.extend(hoisted);
         let got = split.step.into_runnable()?.run(inputs)?;
+        assert_eq!(got[0], expected[0]);
+        Ok(())
+    }
+
+    #[test]
+    fn products_take_the_fixed_operand_first() -> TractResult<()> {
+        // scores = token [s, 3] x fixed [3, n]: s is the step's length, n the encoder's.
+        let mut m = TypedModel::default();
+        let (n, s) = (m.sym("n"), m.sym("s"));
+        let fixed = m.add_source("fixed", f32::fact([3.to_dim(), n.to_dim()]))?;
+        let token = m.add_source("token", f32::fact([s.to_dim(), 3.to_dim()]))?;
+        let op = EinSum::new("sk,kn->sn".parse()?, f32::datum_type());
+        let out = m.wire_node("scores", op, &[token, fixed])?;
+        m.select_output_outlets(&out)?;
+        let inputs = tvec![
+            tensor2(&[[1f32, 2.], [3., 4.], [5., 6.]]).into_tvalue(),
+            tensor2(&[[1f32, 0., 2.]]).into_tvalue(),
+        ];
+        let expected = m.clone().into_runnable()?.run(inputs.clone())?;
+
+        assert_eq!(orient_products(&mut m, &[true, false])?, 1);
+        let einsum = m.nodes().iter().find(|n| n.op_is::<EinSum>()).unwrap();
+        assert_eq!(einsum.inputs[0], fixed);
+        let got = m.into_optimized()?.into_runnable()?.run(inputs)?;
         assert_eq!(got[0], expected[0]);
         Ok(())
     }
