@@ -6,6 +6,9 @@
 //! work: at every step TrOCR's export reshapes and transposes each layer's cross-attention keys,
 //! and tract packs keys and values for its matrix kernels. At four beams that work on
 //! `[4, 8, 578, 32]` tensors took half of TrOCR-small's step (BENCHMARKS.md).
+//!
+//! Before tract optimizes a step graph, [`orient_products`] puts the fixed operand first in
+//! products of a step value by a fixed one, so that it is the side tract packs, and hoists.
 
 use std::collections::HashSet;
 
