@@ -352,7 +352,7 @@ impl Encoder {
     }
 
     /// `[batch, sequence, hidden]` encoder states for a batch of pixel values (run one image at
-    /// a time, see [`Plans::get`]).
+    /// a time, see `Plans::get`).
     pub fn run(&self, pixels: &PixelValues) -> Result<Tensor> {
         self.sizes.check(Size {
             height: pixels.height(),

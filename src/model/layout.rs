@@ -173,7 +173,7 @@ const DECODER_MERGED: &str = "decoder_model_merged";
 /// Finds the graphs of `dir`, beside the configs or under `onnx/`.
 ///
 /// `dtype`: `None` picks fp32 when its files are present, else the first complete set in
-/// [`Dtype::FALLBACK_ORDER`]. `form`: `None` prefers split, then merged, then no-past.
+/// `Dtype::FALLBACK_ORDER`. `form`: `None` prefers split, then merged, then no-past.
 pub fn find_graphs(
     dir: &Path,
     dtype: Option<Dtype>,
