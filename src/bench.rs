@@ -118,7 +118,7 @@ pub fn measure(model_dir: &Path, image: &Path, options: &BenchOptions) -> Result
 pub struct StageProfile {
     /// Milliseconds per operator (summed over its nodes), largest first.
     pub by_op: Vec<(String, f64)>,
-    /// Milliseconds of the slowest nodes (name and operator details), slowest first.
+    /// Milliseconds of the slowest nodes, by node name, slowest first.
     pub slowest: Vec<(String, f64)>,
 }
 
