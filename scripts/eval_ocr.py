@@ -3,6 +3,7 @@
 
     python3 scripts/eval_ocr.py [--glance target/release/glance] [--model models/glance-ocr]
                                 [--lines 200] [--font-dir scratch/ocr_data] [--no-tesseract]
+                                [--num-beams 1]
 
 1. Held-out fonts: --lines synthetic lines rendered by scripts/train_ocr.py's generator (same text
    distribution as training) with the font design groups held out of training only, read by
@@ -40,9 +41,10 @@ def scores(hyps, refs):
     return ce / max(chars, 1), 1 - we / max(words, 1)
 
 
-def glance_read(glance, model, images, line):
+def glance_read(glance, model, images, line, beams):
     """One glance process for all images; per-image times from its own timings."""
-    cmd = [glance, "ocr", "--json", "--threads", "1", "--model", str(model)] + (["--line"] if line else [])
+    cmd = [glance, "ocr", "--json", "--threads", "1", "--num-beams", str(beams), "--model", str(model)]
+    cmd += ["--line"] if line else []
     out = subprocess.run(cmd + [str(p) for p in images], check=True, capture_output=True, text=True).stdout
     res = {}
     for ln in out.splitlines():
@@ -88,12 +90,13 @@ def main():
     ap.add_argument("--font-dir", default="scratch/ocr_data")
     ap.add_argument("--real-dir", default=str(HERE.parent.parent / "shared" / "data" / "real-ocr"))
     ap.add_argument("--no-tesseract", action="store_true")
+    ap.add_argument("--num-beams", type=int, default=1, help="glance's beam width")
     args = ap.parse_args()
     tess = not args.no_tesseract
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         paths, refs = heldout_lines(args.lines, args.font_dir, Path(tmp))
-        got = glance_read(args.glance, args.model, paths, line=True)
+        got = glance_read(args.glance, args.model, paths, line=True, beams=args.num_beams)
         cer, wacc = scores([norm(t) for t, _ in got], [norm(r) for r in refs])
         row = {"test": f"held-out fonts, {len(refs)} lines", "glance_cer": cer, "glance_wacc": wacc,
                "glance_s": sum(s for _, s in got) / len(got)}
@@ -107,7 +110,7 @@ def main():
         if not img.exists():
             continue
         ref = norm(txt.read_text())
-        (text, secs), = glance_read(args.glance, args.model, [img], line=False)
+        (text, secs), = glance_read(args.glance, args.model, [img], line=False, beams=args.num_beams)
         cer, wacc = scores([norm(text)], [ref])
         row = {"test": name, "glance_cer": cer, "glance_wacc": wacc, "glance_s": secs}
         if tess:
