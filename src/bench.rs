@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::error::Result;
+use crate::model::compute::Integers;
 use crate::{GenerateOptions, Model, OpenOptions, Resolution, Rgb8};
 
 /// What to measure.
@@ -185,8 +186,9 @@ pub enum MatMulKind {
     /// `MatMul` of f32 activations by f32 weights.
     F32,
     /// What a dynamically quantized export runs: `DynamicQuantizeLinear` of the f32
-    /// activations, `MatMulInteger` by int8 weights, and the rescale back to f32.
-    Int8,
+    /// activations, `MatMulInteger` by int8 weights, and the rescale back to f32; the integer
+    /// product on the given kernels.
+    Int8(Integers),
 }
 
 /// The throughput tract reaches on one matrix product `[m, k] x [k, n]` (activations by
@@ -250,7 +252,7 @@ pub fn matmul_throughput(
                 ..Default::default()
             }],
         ),
-        MatMulKind::Int8 => (
+        MatMulKind::Int8(_) => (
             vec![
                 node("DynamicQuantizeLinear", &["x"], &["xq", "xs", "xz"]),
                 node("MatMulInteger", &["xq", "w", "xz", "wz"], &["acc"]),
@@ -290,7 +292,7 @@ pub fn matmul_throughput(
             ],
         ),
     };
-    let proto = ModelProto {
+    let mut proto = ModelProto {
         ir_version: 8,
         opset_import: vec![OperatorSetIdProto {
             domain: String::new(),
@@ -306,6 +308,9 @@ pub fn matmul_throughput(
         }),
         ..Default::default()
     };
+    if let (MatMulKind::Int8(integers), Some(graph)) = (kind, proto.graph.as_mut()) {
+        integers.prepare(graph, &|t| Ok(std::borrow::Cow::Borrowed(&t.raw_data[..])))?;
+    }
     let label = PathBuf::from(format!("<{kind:?} matmul {m}x{k}x{n}>"));
     let graph = Graph::prepare(&label, &proto, &Shapes::default(), threads)?;
     let x: Vec<f32> = (0..m * k)
@@ -373,7 +378,8 @@ mod tests {
 
     #[test]
     fn matmul_throughput_runs_both_kinds() {
-        for kind in [MatMulKind::F32, MatMulKind::Int8] {
+        let int8 = [Integers::Tract, Integers::Glance, Integers::F32].map(MatMulKind::Int8);
+        for kind in [MatMulKind::F32].into_iter().chain(int8) {
             let gflops = matmul_throughput(kind, (8, 32, 16), 1, 2).unwrap();
             assert!(gflops > 0.0 && gflops.is_finite());
         }

@@ -25,6 +25,7 @@ pub mod ffi;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod inputs;
+mod kernels;
 pub mod model;
 pub mod ocr;
 mod report;

@@ -609,6 +609,7 @@ fn bench(args: &BenchArgs) -> Result<bool, Error> {
 
 fn matmul(threads: usize, runs: usize, shapes: &[String], json: bool) -> Result<bool, Error> {
     use glance::bench::{matmul_throughput, MatMulKind};
+    use glance::model::compute::Integers;
     let defaults = ["577x384x1536", "1x256x1024", "1x256x64044", "512x512x512"];
     let shapes: Vec<&str> = if shapes.is_empty() {
         defaults.to_vec()
@@ -622,17 +623,34 @@ fn matmul(threads: usize, runs: usize, shapes: &[String], json: bool) -> Result<
     let mut out = std::io::stdout().lock();
     let io = stdout_error;
     if !json {
-        writeln!(out, "| m x k x n | f32 GFLOP/s | int8 GOP/s | threads |").map_err(io)?;
-        writeln!(out, "|---|---|---|---|").map_err(io)?;
+        writeln!(
+            out,
+            "| m x k x n | f32 GFLOP/s | int8 GOP/s, tract | int8 GOP/s, glance | threads |"
+        )
+        .map_err(io)?;
+        writeln!(out, "|---|---|---|---|---|").map_err(io)?;
     }
+    // glance's kernel only where it runs (x86 with AVX2); elsewhere tract's is the one used.
+    let ours = Compute::Int8.integers() == Integers::Glance;
     for (m, k, n) in shapes {
         let f32 = matmul_throughput(MatMulKind::F32, (m, k, n), threads, runs)?;
-        let i8 = matmul_throughput(MatMulKind::Int8, (m, k, n), threads, runs)?;
+        let tract = matmul_throughput(MatMulKind::Int8(Integers::Tract), (m, k, n), threads, runs)?;
+        let glance = ours
+            .then(|| {
+                matmul_throughput(MatMulKind::Int8(Integers::Glance), (m, k, n), threads, runs)
+            })
+            .transpose()?;
         if json {
-            writeln!(out, "{}", json!({"m": m, "k": k, "n": n, "threads": threads, "f32_gflops": f32, "int8_gops": i8}))
-                .map_err(io)?;
+            let row = json!({"m": m, "k": k, "n": n, "threads": threads, "f32_gflops": f32,
+                "int8_gops": tract, "int8_glance_gops": glance});
+            writeln!(out, "{row}").map_err(io)?;
         } else {
-            writeln!(out, "| {m} x {k} x {n} | {f32:.1} | {i8:.1} | {threads} |").map_err(io)?;
+            let glance = glance.map_or("-".into(), |g| format!("{g:.1}"));
+            writeln!(
+                out,
+                "| {m} x {k} x {n} | {f32:.1} | {tract:.1} | {glance} | {threads} |"
+            )
+            .map_err(io)?;
         }
     }
     Ok(true)

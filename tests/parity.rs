@@ -164,8 +164,8 @@ fn quantized_and_fp16_match_the_onnx_reference_and_onnxruntime() {
                 .filter(|r| r["dtype"] == dtype.name())
                 .collect();
             assert!(!records.is_empty(), "{arch} has no {dtype} oracle");
-            // The file's own arithmetic (tract's integer kernels, f16), and f32 (what `auto`
-            // picks on CPUs where those are slow).
+            // The file's own arithmetic (integer products on glance's kernel on x86 with AVX2,
+            // on tract's elsewhere; f16), and f32 (what `auto` picks on CPUs with neither).
             let native = if dtype == Dtype::Fp16 {
                 Compute::F16
             } else {

@@ -1,13 +1,14 @@
 //! What arithmetic a graph runs in, and the graph rewrites that choose it.
 //!
-//! Quantized exports (DynamicQuantizeLinear + MatMulInteger / ConvInteger) run on tract's
-//! integer kernels, which are fast on aarch64 and on x86 CPUs with VNNI, but on x86 with AVX2
-//! alone tract's int8 kernel reaches about 1 GOP/s against about 45 GFLOP/s for f32 (`glance
-//! matmul`). There glance computes the integer products in f32 instead: the activations are still
-//! quantized exactly as the specification says, and the integer weights (minus their zero
-//! point) become f32 weights, so every product is the same integer; only the order of the
-//! f32 sums differs from an i32 accumulator. fp16 exports become f32 graphs on CPUs without
-//! fp16 arithmetic, where tract would emulate it.
+//! Quantized exports (DynamicQuantizeLinear + MatMulInteger / ConvInteger) keep their integer
+//! products. tract's integer kernels are fast on aarch64, armv7 and x86 CPUs with VNNI; on x86
+//! with AVX2 alone tract 0.23's int8 kernel reaches about 1 GOP/s (`glance matmul`), so there
+//! the matrix products run on glance's own kernel ([`super::qmatmul`]), exact like tract's.
+//! Convolutions (the patch embedding, one per image) and CPUs without AVX2 compute the integer
+//! products in f32 instead: the activations are still quantized exactly as the specification
+//! says, and the integer weights (minus their zero point) become f32 weights, so every product
+//! is the same integer; only the order of the f32 sums differs from an i32 accumulator. fp16
+//! exports become f32 graphs on CPUs without fp16 arithmetic, where tract would emulate it.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -29,19 +30,30 @@ pub enum Compute {
     Auto,
     /// Everything in f32: integer weights and fp16 files are widened at load.
     F32,
-    /// Quantized files on tract's integer kernels, whatever the CPU.
+    /// Integer products kept integer, whatever the CPU (glance's kernel for matrix products
+    /// on x86 without VNNI, tract's elsewhere).
     Int8,
     /// fp16 files kept in f16 (for CPUs with fp16 arithmetic, such as aarch64 with FEAT_FP16).
     F16,
 }
 
 impl Compute {
-    /// Whether integer matrix products stay integer on this machine.
-    pub fn keeps_integers(self) -> bool {
+    /// Where the integer products of quantized graphs run on this machine.
+    pub fn integers(self) -> Integers {
+        let integer = if tract_int8_is_fast() {
+            Integers::Tract
+        } else if crate::kernels::int8::avx2() {
+            Integers::Glance
+        } else {
+            Integers::Tract
+        };
         match self {
-            Compute::Int8 => true,
-            Compute::F32 => false,
-            Compute::Auto | Compute::F16 => int8_is_fast(),
+            Compute::F32 => Integers::F32,
+            Compute::Int8 => integer,
+            Compute::Auto | Compute::F16 if integer == Integers::Glance || tract_int8_is_fast() => {
+                integer
+            }
+            Compute::Auto | Compute::F16 => Integers::F32,
         }
     }
 
@@ -81,9 +93,43 @@ impl FromStr for Compute {
     }
 }
 
+/// Where a quantized graph's integer products run ([`Compute::integers`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Integers {
+    /// tract's integer kernels.
+    Tract,
+    /// Matrix products on glance's AVX2 kernel ([`super::qmatmul`]), convolutions in f32.
+    Glance,
+    /// Widened to f32 products of the same integers ([`integers_to_f32`]).
+    F32,
+}
+
+impl Integers {
+    /// Applies the choice to a graph before tract parses it.
+    pub fn prepare(self, graph: &mut GraphProto, bytes: &Bytes) -> Result<()> {
+        match self {
+            Integers::Tract => {}
+            Integers::Glance => {
+                let claimed = super::qmatmul::claim(graph);
+                let widened = integers_to_f32(graph, bytes, &["ConvInteger"])?;
+                log::debug!(
+                    "integer products on glance's kernel: {} fused with their quantization, {} \
+                     alone; {widened} convolutions in f32",
+                    claimed.fused,
+                    claimed.renamed
+                );
+            }
+            Integers::F32 => {
+                integers_to_f32(graph, bytes, &["MatMulInteger", "ConvInteger"])?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Whether tract has fast int8 kernels for this CPU: aarch64 and armv7 (NEON), x86 with
 /// AVX-512 VNNI or AVX-VNNI.
-pub fn int8_is_fast() -> bool {
+pub fn tract_int8_is_fast() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx512vnni")
@@ -98,10 +144,10 @@ pub fn int8_is_fast() -> bool {
 /// The bytes of an initializer, inline or from the graph's file.
 pub type Bytes<'a> = dyn for<'t> Fn(&'t TensorProto) -> Result<Cow<'t, [u8]>> + 'a;
 
-/// Rewrites every `MatMulInteger` and `ConvInteger` whose weights are initializers (and whose
-/// result is only cast to float, as quantized exports do) into the f32 `MatMul` / `Conv` of the
-/// same integers. Returns how many were rewritten.
-pub fn integers_to_f32(graph: &mut GraphProto, bytes: &Bytes) -> Result<usize> {
+/// Rewrites every node of `ops` (`MatMulInteger`, `ConvInteger`) whose weights are
+/// initializers (and whose result is only cast to float, as quantized exports do) into the f32
+/// `MatMul` / `Conv` of the same integers. Returns how many were rewritten.
+pub fn integers_to_f32(graph: &mut GraphProto, bytes: &Bytes, ops: &[&str]) -> Result<usize> {
     let casts_to_float: HashSet<&str> = graph
         .node
         .iter()
@@ -110,8 +156,7 @@ pub fn integers_to_f32(graph: &mut GraphProto, bytes: &Bytes) -> Result<usize> {
         .collect();
     let mut plan = Vec::new();
     for (at, node) in graph.node.iter().enumerate() {
-        let op = node.op_type.as_str();
-        if op != "MatMulInteger" && op != "ConvInteger" {
+        if !ops.contains(&node.op_type.as_str()) {
             continue;
         }
         let (Some(out), Some(w)) = (node.output.first(), node.input.get(1)) else {
@@ -378,7 +423,10 @@ mod tests {
             ..Default::default()
         };
         let inline: &Bytes = &|t| Ok(Cow::Borrowed(&t.raw_data[..]));
-        assert_eq!(integers_to_f32(&mut g, inline).unwrap(), 1);
+        assert_eq!(
+            integers_to_f32(&mut g, inline, &["MatMulInteger"]).unwrap(),
+            1
+        );
         let ops: Vec<&str> = g.node.iter().map(|n| n.op_type.as_str()).collect();
         assert_eq!(ops, ["Cast", "Cast", "Sub", "MatMul", "Cast"]);
         assert_eq!(g.node[3].output, ["acc"]);
@@ -402,7 +450,10 @@ mod tests {
             ..Default::default()
         };
         let inline: &Bytes = &|t| Ok(Cow::Borrowed(&t.raw_data[..]));
-        assert_eq!(integers_to_f32(&mut g, inline).unwrap(), 0);
+        assert_eq!(
+            integers_to_f32(&mut g, inline, &["MatMulInteger"]).unwrap(),
+            0
+        );
         assert_eq!(g.node.len(), 1);
     }
 }

@@ -252,7 +252,8 @@ impl Graph {
         let fail = |e: TractError| Error::graph(path, e);
         // Exporters' value_info annotations sometimes contradict what tract infers
         // (tract-hf-recipes.md, item 5); tract's own inference is enough.
-        let onnx = tract_onnx::onnx().with_ignore_value_info(true);
+        let mut onnx = tract_onnx::onnx().with_ignore_value_info(true);
+        super::qmatmul::register(&mut onnx);
         // External references in the proto (see `read_proto`) are resolved against this; a
         // graph made in memory has none.
         let dir = canonical(path).ok().map(|(dir, _)| dir);

@@ -9,6 +9,7 @@ pub mod json;
 pub mod layout;
 pub mod names;
 pub mod position;
+pub mod qmatmul;
 pub mod surgery;
 
 use std::path::{Path, PathBuf};
@@ -148,9 +149,7 @@ fn prepare_proto(proto: &mut ModelProto, path: &Path, compute: Compute) -> Resul
     if !compute.keeps_f16() {
         compute::f16_to_f32(g, bytes)?;
     }
-    if !compute.keeps_integers() {
-        compute::integers_to_f32(g, bytes)?;
-    }
+    compute.integers().prepare(g, bytes)?;
     Ok(())
 }
 

@@ -1,0 +1,692 @@
+//! `MatMulInteger` by constant weights: `c[m, n] = sum_k (a[m, k] - a0) * (b[k, n] - b0[n])`,
+//! exact in i32 like the ONNX operator.
+//!
+//! Why glance has its own: tract 0.23's int8 kernel for x86 CPUs without VNNI runs at about
+//! 1 GOP/s (`glance matmul`), so quantized models used to be widened to f32 there, which
+//! costs four times the weights' memory and runs at f32 speed. This kernel widens 8-bit values
+//! to i16 and multiplies pairs with AVX2's `vpmaddwd`: twice the multiply-adds of an f32 FMA per
+//! instruction, exact (no `vpmaddubsw` saturation), and weights read as bytes.
+//!
+//! Layout: the weights are packed once, at load, in panels of [`NR`] columns; within a panel,
+//! each pair of rows `(2j, 2j+1)` is 16 bytes, column `c`'s two values at `2c` and `2c + 1`.
+//! One `vpmovsxbw`/`vpmovzxbw` load makes the 16 i16 lanes that `vpmaddwd` multiplies by a
+//! broadcast pair of activations, giving 8 columns' partial sums. Activations are packed per
+//! call into such pairs, zero point subtracted. Weight zero points are applied at the end:
+//! `sum (a - a0) * b - b0 * sum (a - a0)`. i32 sums wrap like the reference operator's.
+
+use std::ops::Range;
+
+/// Columns per panel: one AVX2 register of i32 sums.
+const NR: usize = 8;
+/// Rows per micro-tile: 4 rows x 2 panels = 8 accumulators, plus 2 weight and 1 activation
+/// registers, within AVX2's 16.
+const MR: usize = 4;
+/// Bytes of packed activations a block of rows may take, so a block stays in L1 while a
+/// weight panel streams past it.
+const A_BLOCK_BYTES: usize = 32 * 1024;
+/// Below this many multiply-adds a product runs on one thread: waking a pool costs more.
+const PARALLEL_MACS: usize = 1 << 20;
+
+/// 8-bit values and whether they are signed (int8) or not (uint8).
+#[derive(Debug, Clone, Copy)]
+pub struct Bytes<'a> {
+    pub values: &'a [u8],
+    pub signed: bool,
+}
+
+impl Bytes<'_> {
+    fn get(&self, i: usize) -> i32 {
+        if self.signed {
+            self.values[i] as i8 as i32
+        } else {
+            self.values[i] as i32
+        }
+    }
+}
+
+/// Constant `[k, n]` weights packed for [`matmul`].
+#[derive(Debug, Clone)]
+pub struct PackedB {
+    k: usize,
+    n: usize,
+    signed: bool,
+    /// Per-column zero points; `None` when all are zero (symmetric quantization).
+    zero: Option<Vec<i32>>,
+    /// `n / NR` panels (rounded up) of `k / 2` row pairs (rounded up) of 16 bytes; padding is 0.
+    panels: Vec<u8>,
+}
+
+impl PackedB {
+    /// Packs row-major `[k, n]` weights; `zero` holds one zero point or one per column.
+    pub fn new(b: Bytes, k: usize, n: usize, zero: &[i32]) -> Result<PackedB, String> {
+        if b.values.len() != k * n {
+            return Err(format!("{} weights for [{k}, {n}]", b.values.len()));
+        }
+        if k == 0 || n == 0 {
+            return Err(format!("empty weights [{k}, {n}]"));
+        }
+        let zero = match zero.len() {
+            0 => None,
+            1 => Some(vec![zero[0]; n]),
+            len if len == n => Some(zero.to_vec()),
+            len => return Err(format!("{len} zero points for {n} columns")),
+        }
+        .filter(|z| z.iter().any(|&v| v != 0));
+        let pairs = k.div_ceil(2);
+        let mut panels = vec![0u8; n.div_ceil(NR) * pairs * 2 * NR];
+        for row in 0..k {
+            for col in 0..n {
+                let (panel, c) = (col / NR, col % NR);
+                panels[(panel * pairs + row / 2) * 2 * NR + 2 * c + row % 2] =
+                    b.values[row * n + col];
+            }
+        }
+        Ok(PackedB {
+            k,
+            n,
+            signed: b.signed,
+            zero,
+            panels,
+        })
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    fn pairs(&self) -> usize {
+        self.k.div_ceil(2)
+    }
+
+    fn panel(&self, p: usize) -> &[u8] {
+        let len = self.pairs() * 2 * NR;
+        &self.panels[p * len..(p + 1) * len]
+    }
+
+    fn panel_count(&self) -> usize {
+        self.n.div_ceil(NR)
+    }
+}
+
+/// Activations as i16 pairs `(a[2j] - a0) | (a[2j + 1] - a0) << 16` per row, with each row's
+/// sum of `a - a0` (for the weights' zero points).
+struct PackedA {
+    pairs: usize,
+    words: Vec<i32>,
+    sums: Vec<i32>,
+}
+
+impl PackedA {
+    /// From `[m, k]` values for which `value(i)` gives `a[i] - a0`.
+    fn new(m: usize, k: usize, value: impl Fn(usize) -> i32) -> PackedA {
+        let pairs = k.div_ceil(2);
+        let mut words = vec![0i32; m * pairs];
+        let mut sums = vec![0i32; m];
+        for (r, sum) in sums.iter_mut().enumerate() {
+            let row = &mut words[r * pairs..(r + 1) * pairs];
+            for (j, word) in row.iter_mut().enumerate() {
+                let lo = value(r * k + 2 * j);
+                let hi = if 2 * j + 1 < k {
+                    value(r * k + 2 * j + 1)
+                } else {
+                    0
+                };
+                *sum = sum.wrapping_add(lo + hi);
+                *word = (lo as u16 as u32 | (hi as u16 as u32) << 16) as i32;
+            }
+        }
+        PackedA { pairs, words, sums }
+    }
+
+    fn row(&self, r: usize) -> &[i32] {
+        &self.words[r * self.pairs..(r + 1) * self.pairs]
+    }
+}
+
+/// ONNX `DynamicQuantizeLinear` of `x` (one scale for the whole tensor), packed: returns the
+/// quantized values minus their zero point, and the scale. The same arithmetic as tract's
+/// operator (`x / scale`, ties to even), so the integers are the ones the graph would make.
+fn quantize(x: &[f32], m: usize, k: usize) -> (PackedA, f32) {
+    let (min, max) = min_max(x);
+    let scale = (max - min) / 255.0;
+    let zero = (-min / scale).round_ties_even().clamp(0.0, 255.0) as i32;
+    let mut q = vec![0i32; x.len()];
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: AVX2 was detected; `q` is as long as `x`.
+        unsafe { avx2::quantize(x, scale, zero, &mut q) };
+        return (PackedA::new(m, k, |i| q[i]), scale);
+    }
+    for (q, &v) in q.iter_mut().zip(x) {
+        *q = ((v / scale).round_ties_even() as i32 + zero).clamp(0, 255) - zero;
+    }
+    (PackedA::new(m, k, |i| q[i]), scale)
+}
+
+/// `(min(0, x), max(0, x))`.
+fn min_max(x: &[f32]) -> (f32, f32) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: AVX2 was detected.
+        return unsafe { avx2::min_max(x) };
+    }
+    x.iter()
+        .fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+}
+
+/// Where [`tiles_of`] writes: raw pointers, since threads write disjoint columns.
+#[derive(Clone, Copy)]
+enum Out<'s> {
+    /// The i32 sums.
+    I32(*mut i32),
+    /// The sums times a scale per column.
+    F32(*mut f32, &'s [f32]),
+}
+// SAFETY: threads write disjoint columns of the output (see `run`).
+unsafe impl Send for Out<'_> {}
+unsafe impl Sync for Out<'_> {}
+
+/// `c = (a - a0) x (b - b0)` for row-major `a: [m, k]` and `c: [m, n]`.
+pub fn matmul(a: Bytes, a0: i32, m: usize, b: &PackedB, c: &mut [i32]) -> Result<(), String> {
+    check(a.values.len(), c.len(), m, b)?;
+    if !(-255..=255).contains(&a0) {
+        return Err(format!("activation zero point {a0} is not 8-bit"));
+    }
+    let packed = PackedA::new(m, b.k, |i| a.get(i) - a0);
+    run(&packed, m, b, Out::I32(c.as_mut_ptr()));
+    Ok(())
+}
+
+/// What a dynamically quantized export computes with `DynamicQuantizeLinear`, `MatMulInteger`,
+/// a cast and the rescale, in one pass: `y = f32((q(x) - x0) x (b - b0)) * (x_scale * w_scale)`
+/// for `x: [m, k]`, `y: [m, n]`, with `w_scale` per tensor or per column.
+pub fn dynamic_matmul(
+    x: &[f32],
+    m: usize,
+    b: &PackedB,
+    w_scale: &[f32],
+    y: &mut [f32],
+) -> Result<(), String> {
+    check(x.len(), y.len(), m, b)?;
+    if w_scale.len() != 1 && w_scale.len() != b.n {
+        return Err(format!(
+            "{} weight scales for {} columns",
+            w_scale.len(),
+            b.n
+        ));
+    }
+    let (packed, x_scale) = quantize(x, m, b.k);
+    // The graph multiplies the two scales first, then the product by the cast sums.
+    let scales: Vec<f32> = (0..b.n)
+        .map(|col| x_scale * w_scale[if w_scale.len() == 1 { 0 } else { col }])
+        .collect();
+    run(&packed, m, b, Out::F32(y.as_mut_ptr(), &scales));
+    Ok(())
+}
+
+fn check(a_len: usize, c_len: usize, m: usize, b: &PackedB) -> Result<(), String> {
+    if a_len != m * b.k || c_len != m * b.n {
+        return Err(format!(
+            "activations of {a_len} values and output of {c_len} for [{m}, {}] x [{}, {}]",
+            b.k, b.k, b.n
+        ));
+    }
+    Ok(())
+}
+
+/// All tiles, on tract's thread pool (the executor of the plan being run) when the product is
+/// large enough, each thread taking a range of columns.
+fn run(a: &PackedA, m: usize, b: &PackedB, out: Out) {
+    let tiles = b.panel_count().div_ceil(2);
+    let part = |range: Range<usize>| {
+        // SAFETY: `out` holds `m * b.n` values (see `check`); each call writes the columns of
+        // its own tiles only.
+        unsafe { tiles_of(a, m, b, range, out) }
+    };
+    match executor_threads() {
+        Some(pool) if tiles > 1 && m * b.k * b.n >= PARALLEL_MACS => {
+            let parts = pool.current_num_threads().min(tiles);
+            pool.scope(|s| {
+                for i in 0..parts {
+                    let range = tiles * i / parts..tiles * (i + 1) / parts;
+                    let part = &part;
+                    s.spawn(move |_| part(range));
+                }
+            });
+        }
+        _ => part(0..tiles),
+    }
+}
+
+/// tract's pool when the plan being run has one (`RunOptions::executor`).
+fn executor_threads() -> Option<std::sync::Arc<rayon::ThreadPool>> {
+    match tract_linalg::multithread::current_tract_executor() {
+        tract_linalg::multithread::Executor::MultiThread(pool) => Some(pool),
+        _ => None,
+    }
+}
+
+/// Columns `2 * NR * tiles` of every row.
+///
+/// # Safety
+/// `out` points at `m * b.n` values; no other thread writes these columns meanwhile.
+unsafe fn tiles_of(a: &PackedA, m: usize, b: &PackedB, tiles: Range<usize>, out: Out) {
+    let block = (A_BLOCK_BYTES / (4 * a.pairs)).max(MR) / MR * MR;
+    let panels = b.panel_count();
+    for rows in (0..m).step_by(block) {
+        let rows = rows..(rows + block).min(m);
+        for tile in tiles.clone() {
+            let p = 2 * tile;
+            let second = if p + 1 < panels { p + 1 } else { p };
+            let cols = p * NR..((p + 2) * NR).min(b.n);
+            let mut r = rows.start;
+            while r < rows.end {
+                let count = (rows.end - r).min(MR);
+                let mut sums = [[0i32; 2 * NR]; MR];
+                micro(a, r, count, b, (p, second), &mut sums);
+                for (i, row_sums) in sums.iter().enumerate().take(count) {
+                    let row = r + i;
+                    let zero = b.zero.as_deref().map(|z| &z[cols.clone()]);
+                    write(row_sums, zero, a.sums[row], out, row * b.n, cols.clone());
+                }
+                r += count;
+            }
+        }
+    }
+}
+
+/// Applies the weights' zero points (`zero`, per column of `cols`) to one row of sums and
+/// writes columns `cols` of the output row starting at `row_at`.
+///
+/// # Safety
+/// As [`tiles_of`].
+unsafe fn write(
+    sums: &[i32; 2 * NR],
+    zero: Option<&[i32]>,
+    row_sum: i32,
+    out: Out,
+    row_at: usize,
+    cols: Range<usize>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if cols.len() == 2 * NR && avx2() {
+        return avx2::write(sums, zero, row_sum, out, row_at, cols.start);
+    }
+    for (j, col) in cols.enumerate() {
+        let v = match zero {
+            Some(zero) => sums[j].wrapping_sub(zero[j].wrapping_mul(row_sum)),
+            None => sums[j],
+        };
+        match out {
+            Out::I32(c) => *c.add(row_at + col) = v,
+            Out::F32(y, scales) => *y.add(row_at + col) = v as f32 * scales[col],
+        }
+    }
+}
+
+/// `sums[i][j]`, `i < count`: row `r + i` of the activations times column `j` of panels
+/// `p0` and `p1` side by side, zero points of the weights not applied.
+fn micro(
+    a: &PackedA,
+    r: usize,
+    count: usize,
+    b: &PackedB,
+    (p0, p1): (usize, usize),
+    sums: &mut [[i32; 2 * NR]; MR],
+) {
+    let (p0, p1) = (b.panel(p0), b.panel(p1));
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        use avx2::micro as k;
+        // SAFETY: AVX2 was detected; both panels hold `a.pairs` row pairs of 16 bytes.
+        unsafe {
+            match (count, b.signed) {
+                (1, true) => k::<1, true>(a, r, p0, p1, sums),
+                (2, true) => k::<2, true>(a, r, p0, p1, sums),
+                (3, true) => k::<3, true>(a, r, p0, p1, sums),
+                (_, true) => k::<4, true>(a, r, p0, p1, sums),
+                (1, false) => k::<1, false>(a, r, p0, p1, sums),
+                (2, false) => k::<2, false>(a, r, p0, p1, sums),
+                (3, false) => k::<3, false>(a, r, p0, p1, sums),
+                (_, false) => k::<4, false>(a, r, p0, p1, sums),
+            }
+        }
+        return;
+    }
+    let weight = |panel: &[u8], j: usize, i: usize| {
+        if b.signed {
+            panel[j * 2 * NR + i] as i8 as i32
+        } else {
+            panel[j * 2 * NR + i] as i32
+        }
+    };
+    for (i, row_sums) in sums.iter_mut().enumerate().take(count) {
+        for (j, &word) in a.row(r + i).iter().enumerate() {
+            let (lo, hi) = (word as i16 as i32, (word >> 16) as i16 as i32);
+            for (c, sum) in row_sums.iter_mut().enumerate() {
+                let panel = if c < NR { p0 } else { p1 };
+                let c = c % NR;
+                let v = lo * weight(panel, j, 2 * c) + hi * weight(panel, j, 2 * c + 1);
+                *sum = sum.wrapping_add(v);
+            }
+        }
+    }
+}
+
+/// Whether the AVX2 kernel runs here (detected once).
+pub fn avx2() -> bool {
+    #[cfg(test)]
+    if tests::PORTABLE.get() {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        static DETECTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *DETECTED.get_or_init(|| std::arch::is_x86_feature_detected!("avx2"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{Out, PackedA, MR, NR};
+    use std::arch::x86_64::*;
+
+    /// [`super::write`] of all `2 * NR` columns.
+    ///
+    /// # Safety
+    /// The CPU has AVX2; as [`super::tiles_of`], with `col + 2 * NR` columns in the output.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn write(
+        sums: &[i32; 2 * NR],
+        zero: Option<&[i32]>,
+        row_sum: i32,
+        out: Out,
+        row_at: usize,
+        col: usize,
+    ) {
+        let load = |v: &[i32], at: usize| _mm256_loadu_si256(v.as_ptr().add(at) as *const __m256i);
+        let mut v = [load(sums, 0), load(sums, NR)];
+        if let Some(zero) = zero {
+            let s = _mm256_set1_epi32(row_sum);
+            for (half, v) in v.iter_mut().enumerate() {
+                *v = _mm256_sub_epi32(*v, _mm256_mullo_epi32(load(zero, half * NR), s));
+            }
+        }
+        for (half, v) in v.into_iter().enumerate() {
+            let at = row_at + col + half * NR;
+            match out {
+                Out::I32(c) => _mm256_storeu_si256(c.add(at) as *mut __m256i, v),
+                Out::F32(y, scales) => {
+                    let scale = _mm256_loadu_ps(scales.as_ptr().add(col + half * NR));
+                    _mm256_storeu_ps(y.add(at), _mm256_mul_ps(_mm256_cvtepi32_ps(v), scale));
+                }
+            }
+        }
+    }
+
+    /// `q[i] = clamp(round_ties_even(x[i] / scale) + zero, 0, 255) - zero`.
+    ///
+    /// # Safety
+    /// The CPU has AVX2; `q` is as long as `x`.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn quantize(x: &[f32], scale: f32, zero: i32, q: &mut [i32]) {
+        let (s, z) = (_mm256_set1_ps(scale), _mm256_set1_epi32(zero));
+        let (lo, hi) = (_mm256_setzero_si256(), _mm256_set1_epi32(255));
+        let whole = x.len() / 8 * 8;
+        for i in (0..whole).step_by(8) {
+            let v = _mm256_div_ps(_mm256_loadu_ps(x.as_ptr().add(i)), s);
+            let v = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+            // NaN (a tensor of zeros: scale 0) converts to i32::MIN here and to 0 in Rust;
+            // the zero point is then 0 and both clamp to 0.
+            let v = _mm256_add_epi32(_mm256_cvtps_epi32(v), z);
+            let v = _mm256_min_epi32(_mm256_max_epi32(v, lo), hi);
+            _mm256_storeu_si256(
+                q.as_mut_ptr().add(i) as *mut __m256i,
+                _mm256_sub_epi32(v, z),
+            );
+        }
+        for i in whole..x.len() {
+            q[i] = ((x[i] / scale).round_ties_even() as i32 + zero).clamp(0, 255) - zero;
+        }
+    }
+
+    /// `(min(0, x), max(0, x))`.
+    ///
+    /// # Safety
+    /// The CPU has AVX2.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn min_max(x: &[f32]) -> (f32, f32) {
+        let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let whole = x.len() / 8 * 8;
+        for i in (0..whole).step_by(8) {
+            let v = _mm256_loadu_ps(x.as_ptr().add(i));
+            lo = _mm256_min_ps(lo, v);
+            hi = _mm256_max_ps(hi, v);
+        }
+        let (mut los, mut his) = ([0f32; 8], [0f32; 8]);
+        _mm256_storeu_ps(los.as_mut_ptr(), lo);
+        _mm256_storeu_ps(his.as_mut_ptr(), hi);
+        let lanes = los.iter().zip(&his).map(|(&l, &h)| (l, h));
+        let tail = x[whole..].iter().map(|&v| (v, v));
+        lanes
+            .chain(tail)
+            .fold((0f32, 0f32), |(lo, hi), (l, h)| (lo.min(l), hi.max(h)))
+    }
+
+    /// The portable loop of [`super::micro`] for `R` rows, in AVX2.
+    ///
+    /// # Safety
+    /// The CPU has AVX2; `p0` and `p1` hold `a.pairs` row pairs of `2 * NR` bytes; rows
+    /// `r..r + R` exist in `a`.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn micro<const R: usize, const SIGNED: bool>(
+        a: &PackedA,
+        r: usize,
+        p0: &[u8],
+        p1: &[u8],
+        sums: &mut [[i32; 2 * NR]; MR],
+    ) {
+        let rows: [*const i32; R] = std::array::from_fn(|i| a.row(r + i).as_ptr());
+        let (b0, b1) = (p0.as_ptr(), p1.as_ptr());
+        let mut acc0 = [_mm256_setzero_si256(); R];
+        let mut acc1 = [_mm256_setzero_si256(); R];
+        for j in 0..a.pairs {
+            let w0 = _mm_loadu_si128(b0.add(j * 2 * NR) as *const __m128i);
+            let w1 = _mm_loadu_si128(b1.add(j * 2 * NR) as *const __m128i);
+            let (w0, w1) = if SIGNED {
+                (_mm256_cvtepi8_epi16(w0), _mm256_cvtepi8_epi16(w1))
+            } else {
+                (_mm256_cvtepu8_epi16(w0), _mm256_cvtepu8_epi16(w1))
+            };
+            for i in 0..R {
+                let pair = _mm256_set1_epi32(*rows[i].add(j));
+                acc0[i] = _mm256_add_epi32(acc0[i], _mm256_madd_epi16(pair, w0));
+                acc1[i] = _mm256_add_epi32(acc1[i], _mm256_madd_epi16(pair, w1));
+            }
+        }
+        for i in 0..R {
+            let out = sums[i].as_mut_ptr() as *mut __m256i;
+            _mm256_storeu_si256(out, acc0[i]);
+            _mm256_storeu_si256(out.add(1), acc1[i]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    thread_local! {
+        /// Makes [`avx2`] false on this thread, so x86 runs test the portable code too.
+        pub static PORTABLE: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Runs `f` on the portable code, then (where the CPU has it) on AVX2.
+    fn both_paths(f: impl Fn(&str)) {
+        PORTABLE.set(true);
+        f("portable");
+        PORTABLE.set(false);
+        f("avx2 where available");
+    }
+
+    fn reference(
+        a: Bytes,
+        a0: i32,
+        m: usize,
+        b: Bytes,
+        b0: &[i32],
+        k: usize,
+        n: usize,
+    ) -> Vec<i32> {
+        let mut c = vec![0i32; m * n];
+        for r in 0..m {
+            for col in 0..n {
+                let zero = if b0.len() == 1 { b0[0] } else { b0[col] };
+                c[r * n + col] = (0..k)
+                    .map(|i| (a.get(r * k + i) - a0) * (b.get(i * n + col) - zero))
+                    .fold(0i32, i32::wrapping_add);
+            }
+        }
+        c
+    }
+
+    fn bytes(len: usize, seed: u64) -> Vec<u8> {
+        let mut state = seed;
+        (0..len)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (state >> 33) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn products_are_exact_for_every_tail_and_signedness() {
+        both_paths(products_are_exact);
+    }
+
+    fn products_are_exact(path: &str) {
+        // Odd k (a padded pair), n not a multiple of a panel or a tile, m not of a micro-tile.
+        for (m, k, n) in [(1, 1, 1), (3, 7, 5), (5, 33, 17), (9, 64, 24), (4, 301, 40)] {
+            for (a_signed, b_signed) in [(false, true), (false, false), (true, true), (true, false)]
+            {
+                let (av, bv) = (bytes(m * k, 1 + k as u64), bytes(k * n, 2 + n as u64));
+                let a = Bytes {
+                    values: &av,
+                    signed: a_signed,
+                };
+                let b = Bytes {
+                    values: &bv,
+                    signed: b_signed,
+                };
+                let zeros: Vec<i32> = (0..n as i32).map(|c| c % 5 - 2).collect();
+                for (a0, b0) in [(0, &[0][..]), (117, &[3][..]), (-128, &zeros[..])] {
+                    let packed = PackedB::new(b, k, n, b0).unwrap();
+                    let mut c = vec![0; m * n];
+                    matmul(a, a0, m, &packed, &mut c).unwrap();
+                    let want = reference(a, a0, m, b, b0, k, n);
+                    assert_eq!(
+                        c, want,
+                        "{path}: {m}x{k}x{n} a {a_signed} b {b_signed} a0 {a0}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Dynamic quantization as the ONNX operator (and tract) does it, then the exact product.
+    fn dynamic_reference(x: &[f32], m: usize, k: usize, b: &[u8], n: usize, ws: f32) -> Vec<f32> {
+        let (min, max) = x
+            .iter()
+            .fold((0f32, 0f32), |(l, h), &v| (l.min(v), h.max(v)));
+        let scale = (max - min) / 255.0;
+        let zero = (-min / scale).round_ties_even().clamp(0.0, 255.0) as u8;
+        let q: Vec<u8> = x
+            .iter()
+            .map(|&v| ((v / scale).round_ties_even() as i32 + zero as i32).clamp(0, 255) as u8)
+            .collect();
+        let a = Bytes {
+            values: &q,
+            signed: false,
+        };
+        let b = Bytes {
+            values: b,
+            signed: true,
+        };
+        let sums = reference(a, zero as i32, m, b, &[0], k, n);
+        sums.iter().map(|&s| s as f32 * (scale * ws)).collect()
+    }
+
+    #[test]
+    fn dynamic_products_match_quantize_then_multiply() {
+        both_paths(|path| {
+            // 12 x 19 values: AVX2 quantizes 8 at a time, then a tail of 4.
+            let (m, k, n) = (12, 19, 21);
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 37 % 101) as f32 - 60.0) * 0.173)
+                .collect();
+            let bv = bytes(k * n, 9);
+            let b = Bytes {
+                values: &bv,
+                signed: true,
+            };
+            let packed = PackedB::new(b, k, n, &[]).unwrap();
+            let mut y = vec![0f32; m * n];
+            dynamic_matmul(&x, m, &packed, &[0.02], &mut y).unwrap();
+            assert_eq!(y, dynamic_reference(&x, m, k, &bv, n, 0.02), "{path}");
+            // All zeros: a scale of 0 (x / 0 is NaN), which must quantize to 0, not fail.
+            let zeros = vec![0f32; m * k];
+            dynamic_matmul(&zeros, m, &packed, &[0.02], &mut y).unwrap();
+            assert!(y.iter().all(|&v| v == 0.0), "{path}");
+        });
+    }
+
+    #[test]
+    fn extreme_values_do_not_saturate() {
+        // (0 - 255) * (-128) summed over k: vpmaddubsw would saturate at 32767, vpmaddwd does not.
+        let (m, k, n) = (2, 64, 9);
+        let av = vec![0u8; m * k];
+        let bv = vec![0x80u8; k * n];
+        let a = Bytes {
+            values: &av,
+            signed: false,
+        };
+        let b = Bytes {
+            values: &bv,
+            signed: true,
+        };
+        let packed = PackedB::new(b, k, n, &[0]).unwrap();
+        let mut c = vec![0; m * n];
+        matmul(a, 255, m, &packed, &mut c).unwrap();
+        assert!(c.iter().all(|&v| v == 255 * 128 * k as i32));
+    }
+
+    #[test]
+    fn mismatched_sizes_are_errors() {
+        let bv = vec![0u8; 6];
+        let b = Bytes {
+            values: &bv,
+            signed: true,
+        };
+        assert!(PackedB::new(b, 2, 4, &[0]).is_err());
+        assert!(PackedB::new(b, 2, 3, &[0, 0]).is_err());
+        let packed = PackedB::new(b, 2, 3, &[0]).unwrap();
+        let a = Bytes {
+            values: &[1, 2, 3],
+            signed: false,
+        };
+        assert!(matmul(a, 0, 1, &packed, &mut [0; 3]).is_err());
+        assert!(matmul(a, 300, 1, &packed, &mut [0; 3]).is_err());
+    }
+}
