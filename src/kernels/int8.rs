@@ -7,22 +7,32 @@
 //! to i16 and multiplies pairs with AVX2's `vpmaddwd`: twice the multiply-adds of an f32 FMA per
 //! instruction, exact (no `vpmaddubsw` saturation), and weights read as bytes.
 //!
-//! Layout: the weights are packed once, at load, in panels of [`NR`] columns; within a panel,
-//! each pair of rows `(2j, 2j+1)` is 16 bytes, column `c`'s two values at `2c` and `2c + 1`.
-//! One `vpmovsxbw`/`vpmovzxbw` load makes the 16 i16 lanes that `vpmaddwd` multiplies by a
-//! broadcast pair of activations, giving 8 columns' partial sums. Activations are packed per
+//! Layout: the weights are packed once, at load, in tiles of [`TILE`] columns; within a tile,
+//! each pair of rows `(2j, 2j+1)` is 32 bytes, two halves of [`NR`] columns with column `c`'s
+//! two values at `2c` and `2c + 1` of its half. One `vpmovsxbw`/`vpmovzxbw` load of a half
+//! makes the 16 i16 lanes that `vpmaddwd` multiplies by a broadcast pair of activations, giving
+//! 8 columns' partial sums. A tile is one sequential stream of bytes, prefetched ahead: at a
+//! decoding step (one to a few rows) the product only streams the weights from memory, and two
+//! interleaved streams per tile ran at half the bandwidth. Activations are packed per
 //! call into such pairs, zero point subtracted. Weight zero points are applied at the end:
 //! `sum (a - a0) * b - b0 * sum (a - a0)`. i32 sums wrap like the reference operator's.
 
 use std::ops::Range;
 
-/// Columns per panel: one AVX2 register of i32 sums.
+/// Columns per half tile: one AVX2 register of i32 sums.
 const NR: usize = 8;
-/// Rows per micro-tile: 4 rows x 2 panels = 8 accumulators, plus 2 weight and 1 activation
+/// Columns per tile.
+const TILE: usize = 2 * NR;
+/// Bytes per row pair of a tile.
+const PAIR_BYTES: usize = 2 * TILE;
+/// Rows per micro-tile: 4 rows x 2 halves = 8 accumulators, plus 2 weight and 1 activation
 /// registers, within AVX2's 16.
 const MR: usize = 4;
+/// How far ahead of its loads the AVX2 kernel prefetches a tile (measured on the LM head
+/// shapes, 1x256x64044 and 1x768x50257: 512 bytes helped little, 2048 doubled the bandwidth).
+const PREFETCH_BYTES: usize = 2048;
 /// Bytes of packed activations a block of rows may take, so a block stays in L1 while a
-/// weight panel streams past it.
+/// weight tile streams past it.
 const A_BLOCK_BYTES: usize = 32 * 1024;
 /// Below this many multiply-adds a product runs on one thread: waking a pool costs more.
 const PARALLEL_MACS: usize = 1 << 20;
@@ -52,8 +62,9 @@ pub struct PackedB {
     signed: bool,
     /// Per-column zero points; `None` when all are zero (symmetric quantization).
     zero: Option<Vec<i32>>,
-    /// `n / NR` panels (rounded up) of `k / 2` row pairs (rounded up) of 16 bytes; padding is 0.
-    panels: Vec<u8>,
+    /// `n / TILE` tiles (rounded up) of `k / 2` row pairs (rounded up) of `PAIR_BYTES`;
+    /// padding is 0.
+    tiles: Vec<u8>,
 }
 
 impl PackedB {
@@ -73,12 +84,12 @@ impl PackedB {
         }
         .filter(|z| z.iter().any(|&v| v != 0));
         let pairs = k.div_ceil(2);
-        let mut panels = vec![0u8; n.div_ceil(NR) * pairs * 2 * NR];
+        let mut tiles = vec![0u8; n.div_ceil(TILE) * pairs * PAIR_BYTES];
         for row in 0..k {
             for col in 0..n {
-                let (panel, c) = (col / NR, col % NR);
-                panels[(panel * pairs + row / 2) * 2 * NR + 2 * c + row % 2] =
-                    b.values[row * n + col];
+                let (tile, c) = (col / TILE, col % TILE);
+                let at = (tile * pairs + row / 2) * PAIR_BYTES + 2 * c + row % 2;
+                tiles[at] = b.values[row * n + col];
             }
         }
         Ok(PackedB {
@@ -86,7 +97,7 @@ impl PackedB {
             n,
             signed: b.signed,
             zero,
-            panels,
+            tiles,
         })
     }
 
@@ -102,13 +113,13 @@ impl PackedB {
         self.k.div_ceil(2)
     }
 
-    fn panel(&self, p: usize) -> &[u8] {
-        let len = self.pairs() * 2 * NR;
-        &self.panels[p * len..(p + 1) * len]
+    fn tile(&self, t: usize) -> &[u8] {
+        let len = self.pairs() * PAIR_BYTES;
+        &self.tiles[t * len..(t + 1) * len]
     }
 
-    fn panel_count(&self) -> usize {
-        self.n.div_ceil(NR)
+    fn tile_count(&self) -> usize {
+        self.n.div_ceil(TILE)
     }
 }
 
@@ -241,7 +252,7 @@ fn check(a_len: usize, c_len: usize, m: usize, b: &PackedB) -> Result<(), String
 /// All tiles, on tract's thread pool (the executor of the plan being run) when the product is
 /// large enough, each thread taking a range of columns.
 fn run(a: &PackedA, m: usize, b: &PackedB, out: Out) {
-    let tiles = b.panel_count().div_ceil(2);
+    let tiles = b.tile_count();
     let part = |range: Range<usize>| {
         // SAFETY: `out` holds `m * b.n` values (see `check`); each call writes the columns of
         // its own tiles only.
@@ -270,24 +281,21 @@ fn executor_threads() -> Option<std::sync::Arc<rayon::ThreadPool>> {
     }
 }
 
-/// Columns `2 * NR * tiles` of every row.
+/// Columns `TILE * tiles` of every row.
 ///
 /// # Safety
 /// `out` points at `m * b.n` values; no other thread writes these columns meanwhile.
 unsafe fn tiles_of(a: &PackedA, m: usize, b: &PackedB, tiles: Range<usize>, out: Out) {
     let block = (A_BLOCK_BYTES / (4 * a.pairs)).max(MR) / MR * MR;
-    let panels = b.panel_count();
     for rows in (0..m).step_by(block) {
         let rows = rows..(rows + block).min(m);
         for tile in tiles.clone() {
-            let p = 2 * tile;
-            let second = if p + 1 < panels { p + 1 } else { p };
-            let cols = p * NR..((p + 2) * NR).min(b.n);
+            let cols = tile * TILE..((tile + 1) * TILE).min(b.n);
             let mut r = rows.start;
             while r < rows.end {
                 let count = (rows.end - r).min(MR);
-                let mut sums = [[0i32; 2 * NR]; MR];
-                micro(a, r, count, b, (p, second), &mut sums);
+                let mut sums = [[0i32; TILE]; MR];
+                micro(a, r, count, b, tile, &mut sums);
                 for (i, row_sums) in sums.iter().enumerate().take(count) {
                     let row = r + i;
                     let zero = b.zero.as_deref().map(|z| &z[cols.clone()]);
@@ -305,7 +313,7 @@ unsafe fn tiles_of(a: &PackedA, m: usize, b: &PackedB, tiles: Range<usize>, out:
 /// # Safety
 /// As [`tiles_of`].
 unsafe fn write(
-    sums: &[i32; 2 * NR],
+    sums: &[i32; TILE],
     zero: Option<&[i32]>,
     row_sum: i32,
     out: Out,
@@ -313,7 +321,7 @@ unsafe fn write(
     cols: Range<usize>,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if cols.len() == 2 * NR && avx2() {
+    if cols.len() == TILE && avx2() {
         return avx2::write(sums, zero, row_sum, out, row_at, cols.start);
     }
     for (j, col) in cols.enumerate() {
@@ -328,50 +336,41 @@ unsafe fn write(
     }
 }
 
-/// `sums[i][j]`, `i < count`: row `r + i` of the activations times column `j` of panels
-/// `p0` and `p1` side by side, zero points of the weights not applied.
-fn micro(
-    a: &PackedA,
-    r: usize,
-    count: usize,
-    b: &PackedB,
-    (p0, p1): (usize, usize),
-    sums: &mut [[i32; 2 * NR]; MR],
-) {
-    let (p0, p1) = (b.panel(p0), b.panel(p1));
+/// `sums[i][j]`, `i < count`: row `r + i` of the activations times column `j` of tile `t`,
+/// zero points of the weights not applied.
+fn micro(a: &PackedA, r: usize, count: usize, b: &PackedB, t: usize, sums: &mut [[i32; TILE]; MR]) {
+    let tile = b.tile(t);
     #[cfg(target_arch = "x86_64")]
     if avx2() {
         use avx2::micro as k;
-        // SAFETY: AVX2 was detected; both panels hold `a.pairs` row pairs of 16 bytes.
+        // SAFETY: AVX2 was detected; the tile holds `a.pairs` row pairs of PAIR_BYTES.
         unsafe {
             match (count, b.signed) {
-                (1, true) => k::<1, true>(a, r, p0, p1, sums),
-                (2, true) => k::<2, true>(a, r, p0, p1, sums),
-                (3, true) => k::<3, true>(a, r, p0, p1, sums),
-                (_, true) => k::<4, true>(a, r, p0, p1, sums),
-                (1, false) => k::<1, false>(a, r, p0, p1, sums),
-                (2, false) => k::<2, false>(a, r, p0, p1, sums),
-                (3, false) => k::<3, false>(a, r, p0, p1, sums),
-                (_, false) => k::<4, false>(a, r, p0, p1, sums),
+                (1, true) => k::<1, true>(a, r, tile, sums),
+                (2, true) => k::<2, true>(a, r, tile, sums),
+                (3, true) => k::<3, true>(a, r, tile, sums),
+                (_, true) => k::<4, true>(a, r, tile, sums),
+                (1, false) => k::<1, false>(a, r, tile, sums),
+                (2, false) => k::<2, false>(a, r, tile, sums),
+                (3, false) => k::<3, false>(a, r, tile, sums),
+                (_, false) => k::<4, false>(a, r, tile, sums),
             }
         }
         return;
     }
-    let weight = |panel: &[u8], j: usize, i: usize| {
+    let weight = |at: usize| {
         if b.signed {
-            panel[j * 2 * NR + i] as i8 as i32
+            tile[at] as i8 as i32
         } else {
-            panel[j * 2 * NR + i] as i32
+            tile[at] as i32
         }
     };
     for (i, row_sums) in sums.iter_mut().enumerate().take(count) {
         for (j, &word) in a.row(r + i).iter().enumerate() {
             let (lo, hi) = (word as i16 as i32, (word >> 16) as i16 as i32);
             for (c, sum) in row_sums.iter_mut().enumerate() {
-                let panel = if c < NR { p0 } else { p1 };
-                let c = c % NR;
-                let v = lo * weight(panel, j, 2 * c) + hi * weight(panel, j, 2 * c + 1);
-                *sum = sum.wrapping_add(v);
+                let at = j * PAIR_BYTES + 2 * c;
+                *sum = sum.wrapping_add(lo * weight(at) + hi * weight(at + 1));
             }
         }
     }
@@ -396,16 +395,16 @@ pub fn avx2() -> bool {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Out, PackedA, MR, NR};
+    use super::{Out, PackedA, MR, NR, PAIR_BYTES, PREFETCH_BYTES, TILE};
     use std::arch::x86_64::*;
 
-    /// [`super::write`] of all `2 * NR` columns.
+    /// [`super::write`] of all `TILE` columns.
     ///
     /// # Safety
-    /// The CPU has AVX2; as [`super::tiles_of`], with `col + 2 * NR` columns in the output.
+    /// The CPU has AVX2; as [`super::tiles_of`], with `col + TILE` columns in the output.
     #[target_feature(enable = "avx2")]
     pub unsafe fn write(
-        sums: &[i32; 2 * NR],
+        sums: &[i32; TILE],
         zero: Option<&[i32]>,
         row_sum: i32,
         out: Out,
@@ -484,23 +483,28 @@ mod avx2 {
     /// The portable loop of [`super::micro`] for `R` rows, in AVX2.
     ///
     /// # Safety
-    /// The CPU has AVX2; `p0` and `p1` hold `a.pairs` row pairs of `2 * NR` bytes; rows
-    /// `r..r + R` exist in `a`.
+    /// The CPU has AVX2; `tile` holds `a.pairs` row pairs of `PAIR_BYTES`; rows `r..r + R`
+    /// exist in `a`.
     #[target_feature(enable = "avx2")]
     pub unsafe fn micro<const R: usize, const SIGNED: bool>(
         a: &PackedA,
         r: usize,
-        p0: &[u8],
-        p1: &[u8],
-        sums: &mut [[i32; 2 * NR]; MR],
+        tile: &[u8],
+        sums: &mut [[i32; TILE]; MR],
     ) {
         let rows: [*const i32; R] = std::array::from_fn(|i| a.row(r + i).as_ptr());
-        let (b0, b1) = (p0.as_ptr(), p1.as_ptr());
+        let b = tile.as_ptr();
         let mut acc0 = [_mm256_setzero_si256(); R];
         let mut acc1 = [_mm256_setzero_si256(); R];
         for j in 0..a.pairs {
-            let w0 = _mm_loadu_si128(b0.add(j * 2 * NR) as *const __m128i);
-            let w1 = _mm_loadu_si128(b1.add(j * 2 * NR) as *const __m128i);
+            let at = j * PAIR_BYTES;
+            if j % 2 == 0 {
+                // One cache line per two row pairs. A hint: past the end it loads nothing.
+                let ahead = b.wrapping_add(at + PREFETCH_BYTES) as *const i8;
+                _mm_prefetch::<_MM_HINT_T0>(ahead);
+            }
+            let w0 = _mm_loadu_si128(b.add(at) as *const __m128i);
+            let w1 = _mm_loadu_si128(b.add(at + PAIR_BYTES / 2) as *const __m128i);
             let (w0, w1) = if SIGNED {
                 (_mm256_cvtepi8_epi16(w0), _mm256_cvtepi8_epi16(w1))
             } else {
@@ -577,7 +581,7 @@ mod tests {
     }
 
     fn products_are_exact(path: &str) {
-        // Odd k (a padded pair), n not a multiple of a panel or a tile, m not of a micro-tile.
+        // Odd k (a padded pair), n not a multiple of a half tile or a tile, m not of a micro-tile.
         for (m, k, n) in [(1, 1, 1), (3, 7, 5), (5, 33, 17), (9, 64, 24), (4, 301, 40)] {
             for (a_signed, b_signed) in [(false, true), (false, false), (true, true), (true, false)]
             {
