@@ -40,20 +40,19 @@ pub enum Compute {
 impl Compute {
     /// Where the integer products of quantized graphs run on this machine.
     pub fn integers(self) -> Integers {
-        let integer = if tract_int8_is_fast() {
-            Integers::Tract
+        let fast = if tract_int8_is_fast() {
+            Some(Integers::Tract)
         } else if crate::kernels::int8::avx2() {
-            Integers::Glance
+            Some(Integers::Glance)
         } else {
-            Integers::Tract
+            None
         };
-        match self {
-            Compute::F32 => Integers::F32,
-            Compute::Int8 => integer,
-            Compute::Auto | Compute::F16 if integer == Integers::Glance || tract_int8_is_fast() => {
-                integer
-            }
-            Compute::Auto | Compute::F16 => Integers::F32,
+        match (self, fast) {
+            (Compute::F32, _) => Integers::F32,
+            (_, Some(kernels)) => kernels,
+            // Asked for integer products where none are fast: tract's, slow as they are.
+            (Compute::Int8, None) => Integers::Tract,
+            (Compute::Auto | Compute::F16, None) => Integers::F32,
         }
     }
 

@@ -148,7 +148,7 @@ fn dynamic_chain(graph: &GraphProto, at: usize) -> Option<Chain> {
     let is_float = node(cast)
         .attribute
         .iter()
-        .any(|a| a.name == "to" && a.i == 1);
+        .any(|a| a.name == "to" && a.i == tract_onnx::pb::tensor_proto::DataType::Float as i64);
     let mul = only_reader(&node(cast).output[0])?;
     if !same_dql || node(cast).op_type != "Cast" || !is_float || node(mul).op_type != "Mul" {
         return None;
