@@ -28,9 +28,6 @@ const PAIR_BYTES: usize = 2 * TILE;
 /// Rows per micro-tile: 4 rows x 2 halves = 8 accumulators, plus 2 weight and 1 activation
 /// registers, within AVX2's 16.
 const MR: usize = 4;
-/// How far ahead of its loads the AVX2 kernel prefetches a tile (measured on the LM head
-/// shapes, 1x256x64044 and 1x768x50257: 512 bytes helped little, 2048 doubled the bandwidth).
-const PREFETCH_BYTES: usize = 2048;
 /// Bytes of packed activations a block of rows may take, so a block stays in L1 while a
 /// weight tile streams past it.
 const A_BLOCK_BYTES: usize = 32 * 1024;
@@ -395,8 +392,12 @@ pub fn avx2() -> bool {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Out, PackedA, MR, NR, PAIR_BYTES, PREFETCH_BYTES, TILE};
+    use super::{Out, PackedA, MR, NR, PAIR_BYTES, TILE};
     use std::arch::x86_64::*;
+
+    /// How far ahead of its loads the kernel prefetches a tile (measured on the LM head shapes,
+    /// 1x256x64044 and 1x768x50257: 512 bytes helped little, 2048 doubled the bandwidth).
+    const PREFETCH_BYTES: usize = 2048;
 
     /// [`super::write`] of all `TILE` columns.
     ///
