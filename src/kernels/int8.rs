@@ -81,12 +81,20 @@ impl PackedB {
         }
         .filter(|z| z.iter().any(|&v| v != 0));
         let pairs = k.div_ceil(2);
+        // Written in order, one row pair of a tile at a time (the load time of a large LM head).
         let mut tiles = vec![0u8; n.div_ceil(TILE) * pairs * PAIR_BYTES];
-        for row in 0..k {
-            for col in 0..n {
-                let (tile, c) = (col / TILE, col % TILE);
-                let at = (tile * pairs + row / 2) * PAIR_BYTES + 2 * c + row % 2;
-                tiles[at] = b.values[row * n + col];
+        for (at, pair_bytes) in tiles.chunks_exact_mut(PAIR_BYTES).enumerate() {
+            let (tile, pair) = (at / pairs, at % pairs);
+            let cols = tile * TILE..((tile + 1) * TILE).min(n);
+            for parity in 0..2 {
+                let row = 2 * pair + parity;
+                if row >= k {
+                    break;
+                }
+                let values = &b.values[row * n + cols.start..row * n + cols.end];
+                for (c, &v) in values.iter().enumerate() {
+                    pair_bytes[2 * c + parity] = v;
+                }
             }
         }
         Ok(PackedB {
