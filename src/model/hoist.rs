@@ -73,12 +73,10 @@ impl Fixed {
                 constant[id] = true;
                 continue;
             }
-            let fixed_sizes = node.outputs.iter().all(|o| {
-                o.fact
-                    .shape
-                    .iter()
-                    .all(|d| d.symbols().iter().all(|s| sizes.contains(s)))
-            });
+            let fixed_sizes = node
+                .outputs
+                .iter()
+                .all(|o| o.fact.shape.iter().all(|d| fixed_size(&sizes, d)));
             fixed[id] = node.outputs.len() == 1 && fixed_sizes;
         }
         Ok(Fixed {
@@ -86,6 +84,11 @@ impl Fixed {
             sizes,
         })
     }
+}
+
+/// Whether `dim` names only sizes of the fixed inputs (or none: a constant).
+fn fixed_size(sizes: &HashSet<Symbol>, dim: &TDim) -> bool {
+    dim.symbols().iter().all(|s| sizes.contains(s))
 }
 
 /// Splits `model` (optimized) when some of its work depends only on the inputs flagged in
@@ -169,10 +172,11 @@ pub fn orient_products(model: &mut TypedModel, invariant: &[bool]) -> TractResul
     } = Fixed::find(model, invariant, &[])?;
     // A length known only at run time: the encoder's (fixed) or the step's (not fixed).
     let has_length = |outlet: OutletId, of_fixed: bool| -> TractResult<bool> {
-        Ok(model.outlet_fact(outlet)?.shape.iter().any(|d| {
-            let symbols = d.symbols();
-            !symbols.is_empty() && symbols.iter().all(|s| sizes.contains(s)) == of_fixed
-        }))
+        Ok(model
+            .outlet_fact(outlet)?
+            .shape
+            .iter()
+            .any(|d| !d.symbols().is_empty() && fixed_size(&sizes, d) == of_fixed))
     };
     let mut turn = Vec::new();
     for node in model.nodes() {
