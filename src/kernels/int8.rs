@@ -668,21 +668,22 @@ mod tests {
     #[test]
     fn extreme_values_do_not_saturate() {
         // (0 - 255) * (-128) summed over k: vpmaddubsw would saturate at 32767, vpmaddwd does not.
-        let (m, k, n) = (2, 64, 9);
-        let av = vec![0u8; m * k];
-        let bv = vec![0x80u8; k * n];
-        let a = Bytes {
-            values: &av,
-            signed: false,
-        };
-        let b = Bytes {
-            values: &bv,
-            signed: true,
-        };
-        let packed = PackedB::new(b, k, n, &[0]).unwrap();
-        let mut c = vec![0; m * n];
-        matmul(a, 255, m, &packed, &mut c).unwrap();
-        assert!(c.iter().all(|&v| v == 255 * 128 * k as i32));
+        both_paths(|path| {
+            let (m, k, n) = (2, 64, 9);
+            let (av, bv) = (vec![0u8; m * k], vec![0x80u8; k * n]);
+            let a = Bytes {
+                values: &av,
+                signed: false,
+            };
+            let b = Bytes {
+                values: &bv,
+                signed: true,
+            };
+            let packed = PackedB::new(b, k, n, &[0]).unwrap();
+            let mut c = vec![0; m * n];
+            matmul(a, 255, m, &packed, &mut c).unwrap();
+            assert!(c.iter().all(|&v| v == 255 * 128 * k as i32), "{path}");
+        });
     }
 
     #[test]
