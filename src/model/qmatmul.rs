@@ -1,4 +1,4 @@
-//! ONNX `MatMulInteger` by constant weights on glance's int8 kernel ([`crate::kernels::int8`]),
+//! ONNX `MatMulInteger` by constant weights on glance's int8 kernel (`src/kernels/int8.rs`),
 //! for x86 CPUs where tract's own int8 kernel is slow (see `compute.rs`).
 //!
 //! [`claim`] rewrites the graph's qualifying nodes before tract parses it; [`register`] teaches
