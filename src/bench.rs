@@ -191,7 +191,7 @@ pub enum MatMulKind {
     Int8(Integers),
 }
 
-/// The throughput tract reaches on one matrix product `[m, k] x [k, n]` (activations by
+/// The throughput tract (or, for `Int8(Integers::Glance)`, glance's int8 kernel) reaches on one matrix product `[m, k] x [k, n]` (activations by
 /// constant weights, as in a transformer layer), through the same loading path as a model:
 /// GFLOP/s, counting a multiply-add as two operations. The median of `runs` after one warm-up.
 pub fn matmul_throughput(
@@ -377,7 +377,7 @@ mod tests {
     }
 
     #[test]
-    fn matmul_throughput_runs_both_kinds() {
+    fn matmul_throughput_runs_every_kind() {
         let int8 = [Integers::Tract, Integers::Glance, Integers::F32].map(MatMulKind::Int8);
         for kind in [MatMulKind::F32].into_iter().chain(int8) {
             let gflops = matmul_throughput(kind, (8, 32, 16), 1, 2).unwrap();
