@@ -191,9 +191,10 @@ pub enum MatMulKind {
     Int8(Integers),
 }
 
-/// The throughput tract (or, for `Int8(Integers::Glance)`, glance's int8 kernel) reaches on one matrix product `[m, k] x [k, n]` (activations by
-/// constant weights, as in a transformer layer), through the same loading path as a model:
-/// GFLOP/s, counting a multiply-add as two operations. The median of `runs` after one warm-up.
+/// The throughput tract (or, for `Int8(Integers::Glance)`, glance's int8 kernel) reaches on
+/// one matrix product `[m, k] x [k, n]` (activations by constant weights, as in a transformer
+/// layer), through the same loading path as a model: GFLOP/s, counting a multiply-add as two
+/// operations. The median of `runs` after one warm-up.
 pub fn matmul_throughput(
     kind: MatMulKind,
     (m, k, n): (usize, usize, usize),
