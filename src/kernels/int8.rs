@@ -171,16 +171,20 @@ fn quantize(x: &[f32], m: usize, k: usize) -> (PackedA, f32) {
     let scale = (max - min) / 255.0;
     let zero = (-min / scale).round_ties_even().clamp(0.0, 255.0) as i32;
     let mut q = vec![0i32; x.len()];
+    quantize_values(x, scale, zero, &mut q);
+    (PackedA::new(m, k, |i| q[i]), scale)
+}
+
+/// `q[i] = clamp(round_ties_even(x[i] / scale) + zero, 0, 255) - zero`.
+fn quantize_values(x: &[f32], scale: f32, zero: i32, q: &mut [i32]) {
     #[cfg(target_arch = "x86_64")]
     if avx2() {
         // SAFETY: AVX2 was detected; `q` is as long as `x`.
-        unsafe { avx2::quantize(x, scale, zero, &mut q) };
-        return (PackedA::new(m, k, |i| q[i]), scale);
+        return unsafe { avx2::quantize(x, scale, zero, q) };
     }
     for (q, &v) in q.iter_mut().zip(x) {
         *q = ((v / scale).round_ties_even() as i32 + zero).clamp(0, 255) - zero;
     }
-    (PackedA::new(m, k, |i| q[i]), scale)
 }
 
 /// `(min(0, x), max(0, x))`.
@@ -296,6 +300,7 @@ unsafe fn tiles_of(a: &PackedA, m: usize, b: &PackedB, tiles: Range<usize>, out:
         let rows = rows..(rows + block).min(m);
         for tile in tiles.clone() {
             let cols = tile * TILE..((tile + 1) * TILE).min(b.n);
+            let zero = b.zero.as_deref().map(|z| &z[cols.clone()]);
             let mut r = rows.start;
             while r < rows.end {
                 let count = (rows.end - r).min(MR);
@@ -303,7 +308,6 @@ unsafe fn tiles_of(a: &PackedA, m: usize, b: &PackedB, tiles: Range<usize>, out:
                 micro(a, r, count, b, tile, &mut sums);
                 for (i, row_sums) in sums.iter().enumerate().take(count) {
                     let row = r + i;
-                    let zero = b.zero.as_deref().map(|z| &z[cols.clone()]);
                     write(row_sums, zero, a.sums[row], out, row * b.n, cols.clone());
                 }
                 r += count;
