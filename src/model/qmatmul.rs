@@ -138,25 +138,25 @@ fn dynamic_chain(graph: &GraphProto, at: usize) -> Option<Chain> {
         let is_output = graph.output.iter().any(|o| o.name == name);
         (readers.next().is_none() && !is_output).then_some(first)
     };
+    // A damaged file may have nodes without inputs or outputs: `?`, never an index.
     let mmi = node(at);
-    let dql = producer(&mmi.input[0])?;
-    let dql = node(dql);
+    let (quantized, product) = (mmi.input.first()?, mmi.output.first()?);
+    let dql = node(producer(quantized)?);
     let same_dql = dql.op_type == "DynamicQuantizeLinear"
         && dql.output.first() == mmi.input.first()
         && dql.output.get(2) == mmi.input.get(2);
-    let cast = only_reader(&mmi.output[0])?;
+    let cast = only_reader(product)?;
     let is_float = node(cast)
         .attribute
         .iter()
         .any(|a| a.name == "to" && a.i == tract_onnx::pb::tensor_proto::DataType::Float as i64);
-    let mul = only_reader(&node(cast).output[0])?;
-    if !same_dql || node(cast).op_type != "Cast" || !is_float || node(mul).op_type != "Mul" {
+    let cast_out = node(cast).output.first()?;
+    let mul = only_reader(cast_out)?;
+    let is_mul = node(mul).op_type == "Mul" && node(mul).input.len() == 2;
+    if !same_dql || node(cast).op_type != "Cast" || !is_float || !is_mul {
         return None;
     }
-    let scales = node(mul)
-        .input
-        .iter()
-        .find(|i| **i != node(cast).output[0])?;
+    let scales = node(mul).input.iter().find(|i| *i != cast_out)?;
     let scales = node(producer(scales)?);
     let x_scale = dql.output.get(1)?;
     let w_scale = match &scales.input[..] {
@@ -168,8 +168,9 @@ fn dynamic_chain(graph: &GraphProto, at: usize) -> Option<Chain> {
         .initializer
         .iter()
         .any(|t| &t.name == w_scale && t.dims.len() <= 1);
+    let x = dql.input.first()?;
     (scales.op_type == "Mul" && per_tensor_or_column).then(|| Chain {
-        x: dql.input[0].clone(),
+        x: x.clone(),
         w_scale: w_scale.clone(),
         cast,
         mul,
@@ -595,6 +596,20 @@ mod tests {
         );
         assert_eq!(graph.node[2].input, ["x", "w", "wz", "ws"]);
         assert_eq!(graph.node[2].output, ["y1"]);
+    }
+
+    #[test]
+    fn damaged_chains_are_not_fused_and_do_not_panic() {
+        // A product without outputs, and a Cast without outputs: renamed, left for tract to
+        // refuse, never indexed past their ends.
+        for node_ix in [1, 2] {
+            let mut proto = quantized_graph(4, 3);
+            let graph = proto.graph.as_mut().unwrap();
+            graph.node[node_ix].output.clear();
+            let claimed = claim(graph);
+            assert_eq!(claimed.fused, 0, "node {node_ix}");
+            assert_eq!(claimed.renamed, 2, "node {node_ix}");
+        }
     }
 
     #[test]
