@@ -100,6 +100,9 @@ impl Steps {
 pub struct Decoder {
     pub steps: Steps,
     pub vocab_size: usize,
+    /// Whether the step graph reads the cross-attention cache with one row per image
+    /// ([`crate::model::attention`]), so beams need not copy it.
+    cache_per_image: bool,
 }
 
 impl Decoder {
@@ -157,14 +160,33 @@ impl Decoder {
                 format!("cannot tell the vocabulary size from {}", logits.describe()),
             )
         })?;
-        Ok(Decoder { steps, vocab_size })
+        let cache_per_image = steps.with_past().is_some_and(|g| {
+            let mut cross = g
+                .inputs
+                .iter()
+                .filter(|p| names::past_key(&p.name).is_some_and(names::is_cross_attention))
+                .peekable();
+            cross.peek().is_some()
+                && cross.all(|p| p.dims.first().map(String::as_str) == Some(names::CROSS_ROWS))
+        });
+        Ok(Decoder {
+            steps,
+            vocab_size,
+            cache_per_image,
+        })
     }
 
     /// Starts decoding for `encoder_states` (`[rows, sequence, hidden]`, one row per sequence).
     pub fn session(&self, encoder_states: Tensor) -> Session<'_> {
+        let images = encoder_states.shape()[0];
         Session {
             decoder: self,
-            origin: (0..encoder_states.shape()[0]).collect(),
+            cross_rows: if self.cache_per_image {
+                CrossRows::PerImage { images }
+            } else {
+                CrossRows::PerRow
+            },
+            origin: (0..images).collect(),
             encoder_states: encoder_states.into_tvalue(),
             cache: Vec::new(),
             hoisted: None,
@@ -209,11 +231,22 @@ struct CacheEntry {
     tensor: TValue,
 }
 
+/// How the cross-attention cache holds its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CrossRows {
+    /// Row `r` is row `r`'s.
+    PerRow,
+    /// Row `i` is image `i`'s, and the session's rows are the images' rows in order, as many
+    /// for each (beam search): the step graph pairs them up.
+    PerImage { images: usize },
+}
+
 /// The state of one generation: encoder output per row and the KV cache per row.
 pub struct Session<'d> {
     decoder: &'d Decoder,
     /// For each row, the image (row of the encoder output) it decodes.
     origin: Vec<usize>,
+    cross_rows: CrossRows,
     encoder_states: TValue,
     cache: Vec<CacheEntry>,
     /// What the every-step graph computes from the encoder states and the cross-attention
@@ -308,10 +341,28 @@ impl Session<'_> {
             self.encoder_states = gather_rows(&self.encoder_states, from)?.into_tvalue();
             self.hoisted = None;
         }
+        let per_image = match self.cross_rows {
+            CrossRows::PerImage { images } => grouped_by_image(&origin, images),
+            CrossRows::PerRow => false,
+        };
         for entry in &mut self.cache {
-            if !same_images || !names::is_cross_attention(&entry.key) {
-                entry.tensor = gather_rows(&entry.tensor, from)?.into_tvalue();
+            let rows = if !names::is_cross_attention(&entry.key) {
+                Some(from)
+            } else if per_image || (self.cross_rows == CrossRows::PerRow && same_images) {
+                None
+            } else if self.cross_rows == CrossRows::PerRow {
+                Some(from)
+            } else {
+                // Rows no longer in order of their images: one copy of the cache per row.
+                Some(origin.as_slice())
+            };
+            if let Some(rows) = rows {
+                entry.tensor = gather_rows(&entry.tensor, rows)?.into_tvalue();
             }
+        }
+        if !per_image && self.cross_rows != CrossRows::PerRow {
+            self.cross_rows = CrossRows::PerRow;
+            self.hoisted = None;
         }
         self.origin = origin;
         Ok(())
@@ -536,6 +587,16 @@ fn last_position(graph: &Graph, value: &TValue) -> Result<Logits> {
     Ok(Logits { vocab, data })
 }
 
+/// Whether rows of `origin` are the rows of `images` images in order, as many for each.
+fn grouped_by_image(origin: &[usize], images: usize) -> bool {
+    images > 0
+        && origin.len().is_multiple_of(images)
+        && origin
+            .iter()
+            .enumerate()
+            .all(|(r, &i)| i == r / (origin.len() / images))
+}
+
 /// Row `r` of `t` (axis 0), as a batch of one.
 fn row_of(t: &Tensor, r: usize) -> Result<Tensor> {
     t.slice(0, r, r + 1)
@@ -570,4 +631,20 @@ pub fn gather_rows(t: &Tensor, from: &[usize]) -> Result<Tensor> {
         .collect::<TractResult<_>>()
         .map_err(fail)?;
     Tensor::stack_tensors(0, &rows).map_err(fail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grouped_by_image;
+
+    #[test]
+    fn rows_grouped_by_image() {
+        assert!(grouped_by_image(&[0, 0, 0, 1, 1, 1], 2));
+        assert!(grouped_by_image(&[0, 1], 2));
+        // A beam of image 1 among image 0's, an image without rows, an uneven split.
+        assert!(!grouped_by_image(&[0, 1, 0, 1], 2));
+        assert!(!grouped_by_image(&[0, 0], 2));
+        assert!(!grouped_by_image(&[0, 0, 1], 2));
+        assert!(!grouped_by_image(&[], 0));
+    }
 }

@@ -267,7 +267,7 @@ fn run(a: &PackedA, m: usize, b: &PackedB, out: Out) {
         // its own tiles only.
         unsafe { tiles_of(a, m, b, range, out) }
     };
-    match executor_threads() {
+    match super::executor_threads() {
         Some(pool) if tiles > 1 && m * b.k * b.n >= PARALLEL_MACS => {
             let parts = pool.current_num_threads().min(tiles);
             pool.scope(|s| {
@@ -279,14 +279,6 @@ fn run(a: &PackedA, m: usize, b: &PackedB, out: Out) {
             });
         }
         _ => part(0..tiles),
-    }
-}
-
-/// tract's pool when the plan being run has one (`RunOptions::executor`).
-fn executor_threads() -> Option<std::sync::Arc<rayon::ThreadPool>> {
-    match tract_linalg::multithread::current_tract_executor() {
-        tract_linalg::multithread::Executor::MultiThread(pool) => Some(pool),
-        _ => None,
     }
 }
 

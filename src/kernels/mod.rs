@@ -1,3 +1,56 @@
 //! Compute kernels glance brings itself, where tract's are slow on a CPU people use.
 
+pub mod attention;
 pub mod int8;
+
+/// tract's pool when the plan being run has one (`RunOptions::executor`): kernels split their
+/// work on the threads the user asked tract for.
+fn executor_threads() -> Option<std::sync::Arc<rayon::ThreadPool>> {
+    match tract_linalg::multithread::current_tract_executor() {
+        tract_linalg::multithread::Executor::MultiThread(pool) => Some(pool),
+        _ => None,
+    }
+}
+
+/// `e^x` for `x <= 0` in f32 (softmax after its maximum is subtracted), within about one unit
+/// in the last place: Cephes' `expf` polynomial, written so the compiler can vectorise it
+/// (libm's `expf` is a call per value, and was most of a softmax over a 578-position row).
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    // Below this, e^x is under f32's smallest normal number: 0 for softmax's purposes.
+    let x = x.max(-87.3);
+    // Round to nearest with the 1.5 * 2^23 trick (no rounding instruction needed).
+    let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+    // x - n ln 2 in two parts, so the reduction loses nothing.
+    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    let p = 1.987_569_1e-4;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 0.166_666_65;
+    let p = p * r + 0.5;
+    let e = p * r * r + r + 1.0;
+    // 2^n from its exponent bits: n is in -126..=0 here.
+    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_close_to_libm() {
+        let mut worst = 0f32;
+        for i in 0..=100_000 {
+            let x = -90.0 * i as f32 / 100_000.0;
+            let (got, want) = (exp(x), x.exp());
+            if want > f32::MIN_POSITIVE {
+                worst = worst.max((got - want).abs() / want);
+            } else {
+                assert!(got <= f32::MIN_POSITIVE * 2.0, "e^{x}: {got}");
+            }
+        }
+        assert!(worst < 4e-7, "relative error {worst}");
+        assert_eq!(exp(0.0), 1.0);
+    }
+}

@@ -1,5 +1,6 @@
 //! A model directory: its configs, its graphs, and the tract plans made from them.
 
+pub mod attention;
 pub mod compute;
 pub mod encoder;
 pub mod external;
@@ -211,11 +212,40 @@ enum Runs {
 /// Makes the tract plan of an edited decoder graph.
 fn plan_decoder(path: &Path, mut proto: ModelProto, rt: Runtime, runs: Runs) -> Result<Graph> {
     prepare_proto(&mut proto, path, rt.compute)?;
+    // A step graph's cross-attention over the cache runs on glance's kernel, which lets beams
+    // share the cache ([`attention`]); f16 graphs keep tract's, as does a graph that does not
+    // plan with it.
+    let shared = match (runs, proto.graph.as_mut()) {
+        (Runs::EveryStep, Some(g)) if !rt.compute.keeps_f16() => attention::claim(g),
+        _ => None,
+    };
+    let planned = plan_prepared(path, &proto, rt, runs);
+    match (planned, shared, proto.graph.as_mut()) {
+        (Err(e), Some(claimed), Some(g)) => {
+            log::debug!("{}: cross-attention stays in tract ({e})", path.display());
+            attention::undo(g, claimed);
+            plan_prepared(path, &proto, rt, runs)
+        }
+        (planned, shared, _) => {
+            if let (Ok(_), Some(claimed)) = (&planned, shared) {
+                log::debug!(
+                    "{}: {} cross-attentions share their cache between beams",
+                    path.display(),
+                    claimed.count
+                );
+            }
+            planned
+        }
+    }
+}
+
+/// [`plan_decoder`] after the edits.
+fn plan_prepared(path: &Path, proto: &ModelProto, rt: Runtime, runs: Runs) -> Result<Graph> {
     let fixed = match runs {
         Runs::EveryStep => names::is_fixed_for_generation,
         Runs::Once => |_: &str| false,
     };
-    let prepare = |shapes: &Shapes| Graph::prepare_step(path, &proto, shapes, rt.threads, fixed);
+    let prepare = |shapes: &Shapes| Graph::prepare_step(path, proto, shapes, rt.threads, fixed);
     match prepare(&Shapes::default()) {
         Ok(g) => Ok(g),
         // Some GPT-2 graphs only type with a concrete batch (tract-hf-recipes.md item 6):

@@ -37,6 +37,10 @@ pub fn is_cross_attention(key: &str) -> bool {
     key.contains(".encoder.")
 }
 
+/// The batch axis of cross-attention cache inputs that [`super::attention`] reads as they
+/// are: one row per image or one per row, not tied to `input_ids`' batch.
+pub const CROSS_ROWS: &str = "glance_images";
+
 /// `present.{i}.encoder.*` outputs of a cache step are empty placeholders in Optimum's merged
 /// decoder (`_unify_onnx_outputs`): the step-0 values must be kept instead.
 pub fn is_cross_attention_present(name: &str) -> bool {

@@ -1,0 +1,647 @@
+//! Cross-attention over the cache on glance's kernel (`src/kernels/attention.rs`), so that the
+//! beams of one image share one copy of their cross-attention cache.
+//!
+//! BART-family exports (TrOCR, MBart in Donut) compute cross-attention over the cache in one of
+//! two ways, by transformers version:
+//! - `Reshape(past.encoder.key, [rows * heads, -1, depth]) -> Transpose(0, 2, 1) -> MatMul(q, _)
+//!   -> Softmax(-1) -> MatMul(_, Reshape(past.encoder.value, ..))` (TrOCR);
+//! - `Transpose(past.encoder.key, (0, 1, 3, 2)) -> Mul(_, scale) -> MatMul(q, _) -> Softmax(-1)
+//!   -> MatMul(_, past.encoder.value)` (the 4-D form, scale split between q and k).
+//!
+//! Every row reads its own copy of the keys and values: at four beams, four copies of the same
+//! numbers, read at every step. [`claim`] makes each such chain one [`OP_TYPE`] node reading the
+//! cache inputs as they are, and gives those inputs a batch dimension of their own
+//! ([`names::CROSS_ROWS`]): the session may then hold one row per image
+//! (`decode/session.rs`), and the op pairs each row with its image's keys and values.
+
+use tract_onnx::model::{optional_inputs, ParsingContext};
+use tract_onnx::pb::{tensor_shape_proto::dimension::Value, GraphProto, NodeProto, ValueInfoProto};
+use tract_onnx::tract_hir::internal::*;
+
+use super::names;
+use crate::kernels::attention::{self, Dims};
+
+/// The op type of a claimed cross-attention. Inputs: `q` (`[rows * heads, queries, depth]` or
+/// `[rows, heads, queries, depth]`), the key and value cache inputs (`[images or rows, heads,
+/// keys, depth]`), then optional ones (`""` where absent): the scalar the keys are multiplied
+/// by, and the shapes the export reshaped keys and values to (checked when the graph is typed).
+pub const OP_TYPE: &str = "GlanceSharedAttention";
+
+/// What [`undo`] needs to give the graph back as it was.
+#[derive(Debug)]
+pub struct Claimed {
+    /// How many attention chains became one node.
+    pub count: usize,
+    nodes: Vec<NodeProto>,
+    inputs: Vec<ValueInfoProto>,
+}
+
+/// Rewrites every cross-attention over the cache into [`OP_TYPE`], or nothing: when one cache
+/// input is read some other way, rows could not share the cache, so no chain is claimed.
+pub fn claim(graph: &mut GraphProto) -> Option<Claimed> {
+    let is_cross = |name: &str| names::past_key(name).is_some_and(names::is_cross_attention);
+    let keys: Vec<&str> = graph
+        .input
+        .iter()
+        .map(|i| i.name.as_str())
+        .filter(|n| is_cross(n) && n.ends_with(".key"))
+        .collect();
+    let chains: Vec<Chain> = keys
+        .iter()
+        .map(|k| chain(graph, k))
+        .collect::<Option<_>>()?;
+    let cross_inputs = graph.input.iter().filter(|i| is_cross(&i.name)).count();
+    if chains.is_empty() || cross_inputs != 2 * chains.len() {
+        return None;
+    }
+    let before = Claimed {
+        count: chains.len(),
+        nodes: graph.node.clone(),
+        inputs: graph.input.clone(),
+    };
+    let mut dead = Vec::new();
+    for c in chains {
+        let optional = |name: Option<String>| name.unwrap_or_default();
+        let node = NodeProto {
+            op_type: OP_TYPE.into(),
+            name: format!("{}.glance", graph.node[c.weighted].name),
+            input: vec![
+                c.q,
+                c.key.clone(),
+                c.value.clone(),
+                optional(c.key_scale),
+                optional(c.key_shape),
+                optional(c.value_shape),
+            ],
+            output: graph.node[c.weighted].output.clone(),
+            ..Default::default()
+        };
+        // In place of the chain's last node, so the graph stays in order.
+        graph.node[c.weighted] = node;
+        dead.extend(c.dead);
+        for input in graph
+            .input
+            .iter_mut()
+            .filter(|i| i.name == c.key || i.name == c.value)
+        {
+            own_batch_dim(input);
+        }
+    }
+    let mut at = 0;
+    graph.node.retain(|_| {
+        at += 1;
+        !dead.contains(&(at - 1))
+    });
+    Some(before)
+}
+
+/// Gives the graph back as it was before [`claim`].
+pub fn undo(graph: &mut GraphProto, claimed: Claimed) {
+    graph.node = claimed.nodes;
+    graph.input = claimed.inputs;
+}
+
+/// Axis 0 of a cache input becomes [`names::CROSS_ROWS`], a symbol of its own.
+fn own_batch_dim(input: &mut ValueInfoProto) {
+    use tract_onnx::pb::type_proto::Value as Type;
+    let Some(Type::TensorType(t)) = input.r#type.as_mut().and_then(|t| t.value.as_mut()) else {
+        return;
+    };
+    if let Some(dim) = t.shape.as_mut().and_then(|s| s.dim.first_mut()) {
+        dim.value = Some(Value::DimParam(names::CROSS_ROWS.into()));
+    }
+}
+
+/// One cross-attention chain: the new node's inputs, the node it replaces and those it removes.
+struct Chain {
+    q: String,
+    key: String,
+    value: String,
+    key_scale: Option<String>,
+    key_shape: Option<String>,
+    value_shape: Option<String>,
+    /// The second product, which the new node replaces.
+    weighted: usize,
+    dead: Vec<usize>,
+}
+
+/// The chain that reads cache input `key`, each value in it read by the next node only.
+fn chain(graph: &GraphProto, key: &str) -> Option<Chain> {
+    let node = |at: usize| &graph.node[at];
+    let out = |at: usize| node(at).output.first().map(String::as_str);
+    // The one node reading `name`, when `name` is not a graph output.
+    let sole_reader = |name: &str| {
+        let mut readers = graph
+            .node
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.input.iter().any(|i| i == name));
+        let (at, _) = readers.next()?;
+        let is_output = graph.output.iter().any(|o| o.name == name);
+        (readers.next().is_none() && !is_output).then_some(at)
+    };
+    // ... and that node is an `op` reading it as its input `slot`.
+    let reader = |name: &str, op: &str, slot: usize| {
+        let at = sole_reader(name)?;
+        let n = node(at);
+        (n.op_type == op && n.input.get(slot).is_some_and(|i| i == name)).then_some(at)
+    };
+    let ints = |at: usize, name: &str| {
+        let a = node(at).attribute.iter().find(|a| a.name == name)?;
+        Some(a.ints.clone())
+    };
+    let value = format!("{}.value", key.strip_suffix(".key")?);
+    let mut dead = Vec::new();
+
+    // Keys: reshaped to 3-D and transposed, or the 4-D cache transposed.
+    let first = sole_reader(key)?;
+    let (transposed, key_shape) = match node(first).op_type.as_str() {
+        "Reshape" if node(first).input.first().map(String::as_str) == Some(key) => {
+            let t = reader(out(first)?, "Transpose", 0)?;
+            (ints(t, "perm")? == [0, 2, 1]).then_some(())?;
+            dead.extend([first, t]);
+            (t, Some(node(first).input.get(1)?.clone()))
+        }
+        "Transpose" if ints(first, "perm")? == [0, 1, 3, 2] => {
+            dead.push(first);
+            (first, None)
+        }
+        _ => return None,
+    };
+    // An optional scale of the keys.
+    let mut keys_out = out(transposed)?;
+    let mut key_scale = None;
+    let next = sole_reader(keys_out)?;
+    if node(next).op_type == "Mul" && node(next).input.len() == 2 {
+        let inputs = &node(next).input;
+        let other = if inputs[0] == keys_out {
+            &inputs[1]
+        } else {
+            &inputs[0]
+        };
+        key_scale = Some(other.clone());
+        dead.push(next);
+        keys_out = out(next)?;
+    }
+    let scores = reader(keys_out, "MatMul", 1)?;
+    let softmax = reader(out(scores)?, "Softmax", 0)?;
+    // Softmax's axis is the last (-1, or 2 of three dimensions) from opset 13; older opsets
+    // flattened, so the attribute must say it.
+    let axis = node(softmax).attribute.iter().find(|a| a.name == "axis")?.i;
+    let weighted = reader(out(softmax)?, "MatMul", 0)?;
+    (axis == -1 || (axis == 2 && key_shape.is_some())).then_some(())?;
+    dead.extend([scores, softmax]);
+
+    // Values: reshaped like the keys, or the 4-D cache itself.
+    let value_shape = if key_shape.is_some() {
+        let r = reader(&value, "Reshape", 0)?;
+        (reader(out(r)?, "MatMul", 1)? == weighted).then_some(())?;
+        dead.push(r);
+        Some(node(r).input.get(1)?.clone())
+    } else {
+        (reader(&value, "MatMul", 1)? == weighted).then_some(())?;
+        None
+    };
+    Some(Chain {
+        q: node(scores).input.first()?.clone(),
+        key: key.to_string(),
+        value,
+        key_scale,
+        key_shape,
+        value_shape,
+        weighted,
+        dead,
+    })
+}
+
+/// Lets `onnx` parse [`OP_TYPE`].
+pub fn register(onnx: &mut tract_onnx::Onnx) {
+    onnx.op_register.insert(OP_TYPE, parse);
+}
+
+fn parse(
+    _ctx: &ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let mut optional = optional_inputs(node).skip(3);
+    let op = Parsed {
+        key_scale: optional.next().flatten(),
+        key_shape: optional.next().flatten(),
+        value_shape: optional.next().flatten(),
+    };
+    Ok((expand(op), vec![]))
+}
+
+/// Where the parsed node's optional inputs are.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+struct Parsed {
+    key_scale: Option<usize>,
+    key_shape: Option<usize>,
+    value_shape: Option<usize>,
+}
+
+impl Expansion for Parsed {
+    fn name(&self) -> StaticName {
+        OP_TYPE.into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> TractResult<()> {
+        let optional = [self.key_scale, self.key_shape, self.value_shape];
+        check_input_arity(inputs, 3 + optional.iter().flatten().count())?;
+        check_output_arity(outputs, 1)?;
+        for t in &inputs[..3] {
+            s.equals(&t.datum_type, f32::datum_type())?;
+        }
+        s.equals(&outputs[0].datum_type, f32::datum_type())?;
+        s.equals(&inputs[1].rank, 4)?;
+        s.equals(&inputs[2].rank, 4)?;
+        s.equals(&outputs[0].shape, &inputs[0].shape)
+    }
+
+    fn wire(
+        &self,
+        prefix: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
+        let (q, k) = (model.outlet_fact(inputs[0])?, model.outlet_fact(inputs[1])?);
+        let context = || format!("{prefix}: not the attention {OP_TYPE} computes");
+        ensure!(
+            q.rank() == 3 || q.rank() == 4,
+            "{}: queries of rank {}",
+            context(),
+            q.rank()
+        );
+        for shape in [self.key_shape, self.value_shape].into_iter().flatten() {
+            check_reshape(model.outlet_fact(inputs[shape])?, q, k).with_context(context)?;
+        }
+        let key_scale = match self.key_scale {
+            Some(at) => {
+                let scale = model.outlet_fact(inputs[at])?.konst.clone();
+                let scale = scale
+                    .filter(|t| t.len() == 1)
+                    .with_context(|| format!("{}: keys scaled by a non-constant", context()))?;
+                scale.cast_to_scalar::<f32>()?
+            }
+            None => 1.0,
+        };
+        model.wire_node(prefix, SharedAttention { key_scale }, &inputs[..3])
+    }
+}
+
+/// The export reshapes the cache to `[rows * heads, keys, depth]` (one of them may be -1), the
+/// layout the kernel reads, with `rows * heads` the query blocks: anything else is some other
+/// computation. The shapes are known when the graph is typed (constants of the input sizes).
+fn check_reshape(shape: &TypedFact, q: &TypedFact, k: &TypedFact) -> TractResult<()> {
+    let target = shape
+        .konst
+        .as_ref()
+        .context("the cache is reshaped to a shape computed at run time")?
+        .cast_to::<TDim>()?;
+    let target = target.try_as_plain_ram()?.as_slice::<TDim>()?.to_vec();
+    let any = TDim::from(-1);
+    let fits = |axis: usize, want: &TDim| target[axis] == *want || target[axis] == any;
+    let ok = target.len() == 3
+        && target.iter().filter(|&d| *d == any).count() <= 1
+        && q.rank() == 3
+        && k.rank() == 4
+        && fits(0, &q.shape[0])
+        && fits(1, &k.shape[2])
+        && fits(2, &k.shape[3]);
+    ensure!(ok, "the cache reshaped to {target:?}");
+    Ok(())
+}
+
+/// `softmax(q (key_scale k)^T) v`, `q` of `rows * heads` query blocks, `k` and `v` of one row
+/// per image or one per row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedAttention {
+    key_scale: f32,
+}
+
+impl Eq for SharedAttention {}
+
+impl Op for SharedAttention {
+    fn name(&self) -> StaticName {
+        OP_TYPE.into()
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for SharedAttention {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let (q, k, v) = (&inputs[0], &inputs[1], &inputs[2]);
+        let dims = dims(q.shape(), k.shape(), v.shape())?;
+        let mut out = Tensor::zero::<f32>(q.shape())?;
+        attention::attend(
+            q.try_as_plain_ram()?.as_slice::<f32>()?,
+            self.key_scale,
+            k.try_as_plain_ram()?.as_slice::<f32>()?,
+            v.try_as_plain_ram()?.as_slice::<f32>()?,
+            dims,
+            out.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?,
+        )
+        .map_err(|e| format_err!("{e}"))?;
+        Ok(tvec!(out.into_tvalue()))
+    }
+}
+
+/// The kernel's sizes from `q` (`[rows * heads, queries, depth]` or `[rows, heads, queries,
+/// depth]`) and `k`, `v` (`[images, heads, keys, depth]`), where the rows are the images' rows in
+/// order, as many for each.
+fn dims(q: &[usize], k: &[usize], v: &[usize]) -> TractResult<Dims> {
+    let (Some((&depth, rest)), &[images, heads, keys, k_depth]) = (q.split_last(), k) else {
+        bail!("cross-attention of queries {q:?} over keys {k:?}");
+    };
+    let (Some((&queries, blocks)), true) = (rest.split_last(), q.len() == 3 || q.len() == 4) else {
+        bail!("cross-attention of queries {q:?}");
+    };
+    let blocks: usize = blocks.iter().product();
+    ensure!(
+        k == v && depth == k_depth && heads > 0 && images > 0 && (q.len() == 3 || q[1] == heads),
+        "cross-attention of queries {q:?} over keys {k:?} and values {v:?}"
+    );
+    ensure!(
+        blocks.is_multiple_of(heads) && (blocks / heads).is_multiple_of(images),
+        "cross-attention of {blocks} query blocks for {heads} heads of {images} images"
+    );
+    Ok(Dims {
+        groups: images,
+        per_group: blocks / heads / images,
+        heads,
+        queries,
+        keys,
+        depth,
+    })
+}
+
+impl TypedOp for SharedAttention {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        Ok(tvec!(f32::fact(inputs[0].shape.clone())))
+    }
+
+    fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let q: TDim = inputs[0].shape.iter().product();
+        let keys = inputs[1].shape[2].clone();
+        Ok(tvec!((Cost::FMA(f32::datum_type()), q * keys * 2)))
+    }
+
+    as_op!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::graph::{value_info, Graph, Port, Shapes};
+    use std::path::Path;
+    use tract_onnx::pb::{
+        attribute_proto::AttributeType, tensor_proto::DataType, AttributeProto, ModelProto,
+        OperatorSetIdProto, TensorProto,
+    };
+
+    const KEY: &str = "past_key_values.0.encoder.key";
+    const VALUE: &str = "past_key_values.0.encoder.value";
+    const HEADS: usize = 2;
+    const KEYS: usize = 5;
+    const DEPTH: usize = 3;
+
+    fn node(op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>) -> NodeProto {
+        NodeProto {
+            op_type: op.into(),
+            name: output.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.into()],
+            attribute,
+            ..Default::default()
+        }
+    }
+
+    fn ints(name: &str, ints: &[i64]) -> AttributeProto {
+        AttributeProto {
+            name: name.into(),
+            ints: ints.to_vec(),
+            r#type: AttributeType::Ints as i32,
+            ..Default::default()
+        }
+    }
+
+    fn int(name: &str, i: i64) -> AttributeProto {
+        AttributeProto {
+            name: name.into(),
+            i,
+            r#type: AttributeType::Int as i32,
+            ..Default::default()
+        }
+    }
+
+    fn port(name: &str, dims: &[&str]) -> Port {
+        Port {
+            name: name.into(),
+            dt: f32::datum_type(),
+            shape: dims.iter().map(|d| d.parse().ok()).collect(),
+            dims: dims.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    /// The two forms of cross-attention over the cache that exports write.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Form {
+        /// TrOCR's: reshaped to `[rows * heads, .., depth]`, keys transposed.
+        Reshaped,
+        /// 4-D, keys transposed and scaled.
+        FourD,
+    }
+
+    /// Cross-attention over the cache, for `q [rows, heads, 1, depth]`; `extra` adds nodes
+    /// (another reader of a value of the chain).
+    fn graph(form: Form, extra: Vec<NodeProto>) -> ModelProto {
+        let shape = |name: &str, middle: usize| TensorProto {
+            name: name.into(),
+            dims: vec![3],
+            data_type: DataType::Int64 as i32,
+            raw_data: [-1i64, middle as i64, DEPTH as i64]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+            ..Default::default()
+        };
+        let (h, s, d) = (HEADS.to_string(), KEYS.to_string(), DEPTH.to_string());
+        let (mut nodes, initializer, out) = match form {
+            Form::Reshaped => (
+                vec![
+                    node("Reshape", &["q", "query_shape"], "q3", vec![]),
+                    node("Reshape", &[KEY, "key_shape"], "k3", vec![]),
+                    node("Transpose", &["k3"], "kt", vec![ints("perm", &[0, 2, 1])]),
+                    node("MatMul", &["q3", "kt"], "scores", vec![]),
+                    node("Softmax", &["scores"], "p", vec![int("axis", -1)]),
+                    node("Reshape", &[VALUE, "value_shape"], "v3", vec![]),
+                    node("MatMul", &["p", "v3"], "out", vec![]),
+                ],
+                vec![
+                    shape("query_shape", 1),
+                    shape("key_shape", KEYS),
+                    shape("value_shape", KEYS),
+                ],
+                vec![format!("{HEADS}*batch_size"), "1".into(), d.clone()],
+            ),
+            Form::FourD => (
+                vec![
+                    node("Transpose", &[KEY], "kt", vec![ints("perm", &[0, 1, 3, 2])]),
+                    node("Mul", &["kt", "scale"], "ks", vec![]),
+                    node("MatMul", &["q", "ks"], "scores", vec![]),
+                    node("Softmax", &["scores"], "p", vec![int("axis", -1)]),
+                    node("MatMul", &["p", VALUE], "out", vec![]),
+                ],
+                vec![TensorProto {
+                    name: "scale".into(),
+                    data_type: DataType::Float as i32,
+                    raw_data: 0.6f32.to_le_bytes().to_vec(),
+                    ..Default::default()
+                }],
+                vec!["batch_size".into(), h.clone(), "1".into(), d.clone()],
+            ),
+        };
+        let out: Vec<&str> = out.iter().map(String::as_str).collect();
+        let mut outputs = vec![value_info("out", &port("out", &out))];
+        for n in extra {
+            outputs.push(value_info(&n.output[0], &port(&n.output[0], &["x"])));
+            nodes.push(n);
+        }
+        ModelProto {
+            ir_version: 8,
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: 17,
+            }],
+            graph: Some(GraphProto {
+                name: "cross".into(),
+                node: nodes,
+                initializer,
+                input: vec![
+                    value_info("q", &port("q", &["batch_size", &h, "1", &d])),
+                    value_info(KEY, &port(KEY, &["batch_size", &h, &s, &d])),
+                    value_info(VALUE, &port(VALUE, &["batch_size", &h, &s, &d])),
+                ],
+                output: outputs,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn tensor(shape: &[usize], seed: usize) -> Tensor {
+        let n: usize = shape.iter().product();
+        let values: Vec<f32> = (0..n)
+            .map(|i| (((i + seed) * 7919) % 201) as f32 / 100.0 - 1.0)
+            .collect();
+        Tensor::from_shape(shape, &values).unwrap()
+    }
+
+    fn run(proto: &ModelProto, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+        let g = Graph::prepare(Path::new("<test>"), proto, &Shapes::default(), 1).unwrap();
+        let out = g
+            .run(|p| {
+                Ok(match p.name.as_str() {
+                    "q" => q.clone(),
+                    KEY => k.clone(),
+                    _ => v.clone(),
+                })
+            })
+            .unwrap();
+        out[0].clone().into_tensor()
+    }
+
+    fn close(a: &Tensor, b: &Tensor) {
+        assert_eq!(a.shape(), b.shape());
+        let (a, b) = (a.try_as_plain_ram().unwrap(), b.try_as_plain_ram().unwrap());
+        let (a, b) = (a.as_slice::<f32>().unwrap(), b.as_slice::<f32>().unwrap());
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn rows_share_their_images_keys_and_values() {
+        for form in [Form::Reshaped, Form::FourD] {
+            let original = graph(form, vec![]);
+            let mut claimed = original.clone();
+            let c = claim(claimed.graph.as_mut().unwrap()).expect("the chain is claimed");
+            assert_eq!(c.count, 1);
+            let ops: Vec<&str> = claimed
+                .graph
+                .as_ref()
+                .unwrap()
+                .node
+                .iter()
+                .map(|n| n.op_type.as_str())
+                .collect();
+            let want: &[&str] = match form {
+                Form::Reshaped => &["Reshape", OP_TYPE],
+                Form::FourD => &[OP_TYPE],
+            };
+            assert_eq!(ops, want, "{form:?}");
+            let g = Graph::prepare(Path::new("<test>"), &claimed, &Shapes::default(), 1).unwrap();
+            assert_eq!(g.input(KEY).unwrap().dims[0], names::CROSS_ROWS);
+
+            // Three rows with their own cache: the same as tract's.
+            let q = tensor(&[3, HEADS, 1, DEPTH], 0);
+            let k = tensor(&[3, HEADS, KEYS, DEPTH], 1);
+            let v = tensor(&[3, HEADS, KEYS, DEPTH], 2);
+            close(&run(&claimed, &q, &k, &v), &run(&original, &q, &k, &v));
+
+            // Four rows (two beams of two images) with one cache row per image: the same as
+            // tract's on the cache copied to every row.
+            let q = tensor(&[4, HEADS, 1, DEPTH], 3);
+            let k = tensor(&[2, HEADS, KEYS, DEPTH], 4);
+            let v = tensor(&[2, HEADS, KEYS, DEPTH], 5);
+            let each = |t: &Tensor| {
+                let rows: Vec<Tensor> = [0, 0, 1, 1]
+                    .iter()
+                    .map(|&r| t.slice(0, r, r + 1).unwrap())
+                    .collect();
+                Tensor::stack_tensors(0, &rows).unwrap()
+            };
+            close(
+                &run(&claimed, &q, &k, &v),
+                &run(&original, &q, &each(&k), &each(&v)),
+            );
+
+            // Rows that are not whole groups of the images are an error, not a guess.
+            let three = tensor(&[3, HEADS, 1, DEPTH], 6);
+            let three_rows = |p: &Port| {
+                Ok(match p.name.as_str() {
+                    "q" => three.clone(),
+                    KEY => k.clone(),
+                    _ => v.clone(),
+                })
+            };
+            assert!(g.run(three_rows).is_err());
+
+            let mut undone = claimed.clone();
+            undo(undone.graph.as_mut().unwrap(), c);
+            assert_eq!(undone, original);
+        }
+    }
+
+    #[test]
+    fn a_cache_read_elsewhere_is_not_claimed() {
+        for form in [Form::Reshaped, Form::FourD] {
+            let mut proto = graph(
+                form,
+                vec![node("Shape", &[VALUE], "value_shape_out", vec![])],
+            );
+            assert!(claim(proto.graph.as_mut().unwrap()).is_none());
+            let softmax_twice = node("Softmax", &["scores"], "p2", vec![int("axis", -1)]);
+            let mut proto = graph(form, vec![softmax_twice]);
+            assert!(claim(proto.graph.as_mut().unwrap()).is_none());
+        }
+    }
+}
