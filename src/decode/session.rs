@@ -346,15 +346,13 @@ impl Session<'_> {
             CrossRows::PerRow => false,
         };
         for entry in &mut self.cache {
-            let rows = if !names::is_cross_attention(&entry.key) {
-                Some(from)
-            } else if per_image || (self.cross_rows == CrossRows::PerRow && same_images) {
-                None
-            } else if self.cross_rows == CrossRows::PerRow {
-                Some(from)
-            } else {
-                // Rows no longer in order of their images: one copy of the cache per row.
-                Some(origin.as_slice())
+            let rows = match (names::is_cross_attention(&entry.key), self.cross_rows) {
+                (false, _) => Some(from),
+                (true, CrossRows::PerImage { .. }) if per_image => None,
+                // Rows no longer in order of their images: one copy per row from now on.
+                (true, CrossRows::PerImage { .. }) => Some(origin.as_slice()),
+                (true, CrossRows::PerRow) if same_images => None,
+                (true, CrossRows::PerRow) => Some(from),
             };
             if let Some(rows) = rows {
                 entry.tensor = gather_rows(&entry.tensor, rows)?.into_tvalue();

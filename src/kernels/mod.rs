@@ -17,8 +17,9 @@ fn executor_threads() -> Option<std::sync::Arc<rayon::ThreadPool>> {
 /// (libm's `expf` is a call per value, and was most of a softmax over a 578-position row).
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
-    // Below this, e^x is under f32's smallest normal number: 0 for softmax's purposes.
-    let x = x.max(-87.3);
+    // ln of f32's smallest normal number: below it, e^x is 0 for softmax's purposes (and 2^n
+    // below would not be a normal number), so it is clamped there.
+    let x = x.max(-87.336_54);
     // Round to nearest with the 1.5 * 2^23 trick (no rounding instruction needed).
     let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
     // x - n ln 2 in two parts, so the reduction loses nothing.
