@@ -84,19 +84,7 @@ pub fn attend(
         }
     };
     let macs = 2 * dims.query_len() / dims.depth * dims.keys * dims.depth;
-    match super::executor_threads() {
-        Some(pool) if tasks > 1 && macs >= PARALLEL_MACS => {
-            let parts = pool.current_num_threads().min(tasks);
-            pool.scope(|s| {
-                for i in 0..parts {
-                    let range = tasks * i / parts..tasks * (i + 1) / parts;
-                    let part = &part;
-                    s.spawn(move |_| part(range));
-                }
-            });
-        }
-        _ => part(0..tasks),
-    }
+    super::split(tasks, macs >= PARALLEL_MACS, part);
     Ok(())
 }
 

@@ -267,19 +267,7 @@ fn run(a: &PackedA, m: usize, b: &PackedB, out: Out) {
         // its own tiles only.
         unsafe { tiles_of(a, m, b, range, out) }
     };
-    match super::executor_threads() {
-        Some(pool) if tiles > 1 && m * b.k * b.n >= PARALLEL_MACS => {
-            let parts = pool.current_num_threads().min(tiles);
-            pool.scope(|s| {
-                for i in 0..parts {
-                    let range = tiles * i / parts..tiles * (i + 1) / parts;
-                    let part = &part;
-                    s.spawn(move |_| part(range));
-                }
-            });
-        }
-        _ => part(0..tiles),
-    }
+    super::split(tiles, m * b.k * b.n >= PARALLEL_MACS, part);
 }
 
 /// Columns `TILE * tiles` of every row.

@@ -3,12 +3,23 @@
 pub mod attention;
 pub mod int8;
 
-/// tract's pool when the plan being run has one (`RunOptions::executor`): kernels split their
-/// work on the threads the user asked tract for.
-fn executor_threads() -> Option<std::sync::Arc<rayon::ThreadPool>> {
-    match tract_linalg::multithread::current_tract_executor() {
-        tract_linalg::multithread::Executor::MultiThread(pool) => Some(pool),
-        _ => None,
+/// Runs `part` on all of `0..tasks`: in contiguous ranges on tract's thread pool when the work
+/// is worth waking it (`parallel`) and the plan being run has one (`RunOptions::executor`, the
+/// threads the user asked for), else in one call.
+fn split(tasks: usize, parallel: bool, part: impl Fn(std::ops::Range<usize>) + Sync) {
+    use tract_linalg::multithread::{current_tract_executor, Executor};
+    match current_tract_executor() {
+        Executor::MultiThread(pool) if parallel && tasks > 1 => {
+            let parts = pool.current_num_threads().min(tasks);
+            pool.scope(|s| {
+                for i in 0..parts {
+                    let range = tasks * i / parts..tasks * (i + 1) / parts;
+                    let part = &part;
+                    s.spawn(move |_| part(range));
+                }
+            });
+        }
+        _ => part(0..tasks),
     }
 }
 
