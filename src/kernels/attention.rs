@@ -357,6 +357,35 @@ mod tests {
     }
 
     #[test]
+    fn threads_give_the_same_result() {
+        use tract_linalg::multithread::{multithread_tract_scope, Executor};
+        // TrOCR-small's step at four beams: enough work to split over the pool.
+        let dims = Dims {
+            groups: 1,
+            per_group: 4,
+            heads: 8,
+            queries: 1,
+            keys: 578,
+            depth: 32,
+        };
+        let (q, k, v) = (
+            values(dims.query_len(), 7),
+            values(dims.key_len(), 8),
+            values(dims.key_len(), 9),
+        );
+        let run = || {
+            let mut out = vec![0f32; q.len()];
+            attend(&q, 1.0, &k, &v, dims, &mut out).unwrap();
+            out
+        };
+        let alone = run();
+        assert_eq!(
+            multithread_tract_scope(Executor::multithread(2), run),
+            alone
+        );
+    }
+
+    #[test]
     fn wrong_sizes_are_errors() {
         let dims = Dims {
             groups: 1,

@@ -49,6 +49,39 @@ pub fn exp(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+    use tract_linalg::multithread::{multithread_tract_scope, Executor};
+
+    /// The ranges `split` runs, sorted: each task exactly once.
+    fn ranges(tasks: usize, parallel: bool) -> Vec<std::ops::Range<usize>> {
+        let seen = Mutex::new(Vec::new());
+        split(tasks, parallel, |r| seen.lock().unwrap().push(r));
+        let mut seen = seen.into_inner().unwrap();
+        seen.sort_by_key(|r| r.start);
+        seen
+    }
+
+    #[test]
+    fn split_runs_every_task_once() {
+        // One range, all of the tasks.
+        let whole = |tasks: usize| {
+            let all = 0..tasks;
+            vec![all]
+        };
+        assert_eq!(ranges(10, true), whole(10));
+        let pooled = multithread_tract_scope(Executor::multithread(3), || {
+            (
+                ranges(10, true),
+                ranges(2, true),
+                ranges(10, false),
+                ranges(0, true),
+            )
+        });
+        assert_eq!(pooled.0, [0..3, 3..6, 6..10]);
+        assert_eq!(pooled.1, [0..1, 1..2]);
+        assert_eq!(pooled.2, whole(10));
+        assert_eq!(pooled.3, whole(0));
+    }
 
     #[test]
     fn exp_is_close_to_libm() {
