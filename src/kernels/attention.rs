@@ -83,7 +83,7 @@ pub fn attend(
             unsafe { run_task(q, key_scale, k, v, dims, task, out_at.0, &mut scratch) }
         }
     };
-    let macs = 2 * dims.query_len() / dims.depth * dims.keys * dims.depth;
+    let macs = 2 * dims.query_len() * dims.keys;
     super::split(tasks, macs >= PARALLEL_MACS, part);
     Ok(())
 }
@@ -187,21 +187,17 @@ fn head_attention_any(
             scores[r * keys + s] = dot(&q[r * d..(r + 1) * d], key);
         }
     }
-    let mut sums = [0f32; 64];
-    let mut sums_vec;
-    let sums: &mut [f32] = if rows <= sums.len() {
-        &mut sums[..rows]
-    } else {
-        sums_vec = vec![0f32; rows];
-        &mut sums_vec
-    };
-    for (r, sum) in sums.iter_mut().enumerate() {
-        let row = &mut scores[r * keys..(r + 1) * keys];
+    // Softmax as torch computes it: exponentials of the scores less their maximum, divided by
+    // their sum, before the values are weighted.
+    for row in scores[..rows * keys].chunks_exact_mut(keys) {
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         for x in row.iter_mut() {
             *x = super::exp(*x - max);
         }
-        *sum = row.iter().sum();
+        let inv = 1.0 / row.iter().sum::<f32>();
+        for x in row.iter_mut() {
+            *x *= inv;
+        }
     }
     out[..rows * d].fill(0.0);
     for (s, value) in v.chunks_exact(d).enumerate() {
@@ -210,12 +206,6 @@ fn head_attention_any(
             for (o, &x) in out[r * d..(r + 1) * d].iter_mut().zip(value) {
                 *o += p * x;
             }
-        }
-    }
-    for (r, &sum) in sums.iter().enumerate() {
-        let inv = 1.0 / sum;
-        for o in &mut out[r * d..(r + 1) * d] {
-            *o *= inv;
         }
     }
 }
@@ -332,7 +322,7 @@ mod tests {
                 keys: 9,
                 depth: 8,
             },
-            // More rows than the stack buffer of sums holds.
+            // Many beams of one image.
             Dims {
                 groups: 1,
                 per_group: 70,
