@@ -18,7 +18,10 @@ use tract_onnx::model::{optional_inputs, ParsingContext};
 use tract_onnx::pb::{tensor_shape_proto::dimension::Value, GraphProto, NodeProto, ValueInfoProto};
 use tract_onnx::tract_hir::internal::*;
 
+use std::collections::HashSet;
+
 use super::names;
+use super::surgery::{remove_nodes, sole_reader};
 use crate::kernels::attention::{self, Dims};
 
 /// The op type of a claimed cross-attention. Inputs: `q` (`[rows * heads, queries, depth]` or
@@ -59,7 +62,7 @@ pub fn claim(graph: &mut GraphProto) -> Option<Claimed> {
         nodes: graph.node.clone(),
         inputs: graph.input.clone(),
     };
-    let mut dead = Vec::new();
+    let mut dead = HashSet::new();
     for c in chains {
         let optional = |name: Option<String>| name.unwrap_or_default();
         let node = NodeProto {
@@ -87,11 +90,7 @@ pub fn claim(graph: &mut GraphProto) -> Option<Claimed> {
             own_batch_dim(input);
         }
     }
-    let mut at = 0;
-    graph.node.retain(|_| {
-        at += 1;
-        !dead.contains(&(at - 1))
-    });
+    remove_nodes(graph, &dead);
     Some(before)
 }
 
@@ -129,18 +128,8 @@ struct Chain {
 fn chain(graph: &GraphProto, key: &str) -> Option<Chain> {
     let node = |at: usize| &graph.node[at];
     let out = |at: usize| node(at).output.first().map(String::as_str);
-    // The one node reading `name`, when `name` is not a graph output.
-    let sole_reader = |name: &str| {
-        let mut readers = graph
-            .node
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| n.input.iter().any(|i| i == name));
-        let (at, _) = readers.next()?;
-        let is_output = graph.output.iter().any(|o| o.name == name);
-        (readers.next().is_none() && !is_output).then_some(at)
-    };
-    // ... and that node is an `op` reading it as its input `slot`.
+    let sole_reader = |name: &str| sole_reader(graph, name);
+    // The one node reading `name`, when it is an `op` reading it as its input `slot`.
     let reader = |name: &str, op: &str, slot: usize| {
         let at = sole_reader(name)?;
         let n = node(at);

@@ -220,21 +220,24 @@ fn plan_decoder(path: &Path, mut proto: ModelProto, rt: Runtime, runs: Runs) -> 
         _ => None,
     };
     let planned = plan_prepared(path, &proto, rt, runs);
-    match (planned, shared, proto.graph.as_mut()) {
-        (Err(e), Some(claimed), Some(g)) => {
-            log::debug!("{}: cross-attention stays in tract ({e})", path.display());
-            attention::undo(g, claimed);
-            plan_prepared(path, &proto, rt, runs)
+    let Some(claimed) = shared else {
+        return planned;
+    };
+    match planned {
+        Ok(graph) => {
+            log::debug!(
+                "{}: {} cross-attentions share their cache between beams",
+                path.display(),
+                claimed.count
+            );
+            Ok(graph)
         }
-        (planned, shared, _) => {
-            if let (Ok(_), Some(claimed)) = (&planned, shared) {
-                log::debug!(
-                    "{}: {} cross-attentions share their cache between beams",
-                    path.display(),
-                    claimed.count
-                );
+        Err(e) => {
+            log::debug!("{}: cross-attention stays in tract ({e})", path.display());
+            if let Some(g) = proto.graph.as_mut() {
+                attention::undo(g, claimed);
             }
-            planned
+            plan_prepared(path, &proto, rt, runs)
         }
     }
 }

@@ -17,6 +17,7 @@ use tract_onnx::model::{optional_inputs, ParsingContext};
 use tract_onnx::pb::{GraphProto, NodeProto};
 use tract_onnx::tract_hir::internal::*;
 
+use super::surgery::{remove_nodes, sole_reader};
 use crate::kernels::int8::{self, Bytes, PackedB};
 
 /// The op type of a claimed `MatMulInteger`.
@@ -98,11 +99,7 @@ pub fn claim(graph: &mut GraphProto) -> Claimed {
             graph.node[at].op_type = OP_TYPE.into();
         }
     }
-    let mut at = 0;
-    graph.node.retain(|_| {
-        at += 1;
-        !fused.contains(&(at - 1))
-    });
+    remove_nodes(graph, &fused);
     Claimed {
         fused: fused.len() / 2,
         renamed: claimable.len() - fused.len() / 2,
@@ -128,16 +125,6 @@ fn dynamic_chain(graph: &GraphProto, at: usize) -> Option<Chain> {
             .iter()
             .position(|n| n.output.iter().any(|o| o == name))
     };
-    let only_reader = |name: &str| {
-        let mut readers = graph
-            .node
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| n.input.iter().any(|i| i == name));
-        let first = readers.next()?.0;
-        let is_output = graph.output.iter().any(|o| o.name == name);
-        (readers.next().is_none() && !is_output).then_some(first)
-    };
     // A damaged file may have nodes without inputs or outputs: `?`, never an index.
     let mmi = node(at);
     let (quantized, product) = (mmi.input.first()?, mmi.output.first()?);
@@ -145,13 +132,13 @@ fn dynamic_chain(graph: &GraphProto, at: usize) -> Option<Chain> {
     let same_dql = dql.op_type == "DynamicQuantizeLinear"
         && dql.output.first() == mmi.input.first()
         && dql.output.get(2) == mmi.input.get(2);
-    let cast = only_reader(product)?;
+    let cast = sole_reader(graph, product)?;
     let is_float = node(cast)
         .attribute
         .iter()
         .any(|a| a.name == "to" && a.i == tract_onnx::pb::tensor_proto::DataType::Float as i64);
     let cast_out = node(cast).output.first()?;
-    let mul = only_reader(cast_out)?;
+    let mul = sole_reader(graph, cast_out)?;
     let is_mul = node(mul).op_type == "Mul" && node(mul).input.len() == 2;
     if !same_dql || node(cast).op_type != "Cast" || !is_float || !is_mul {
         return None;

@@ -289,6 +289,28 @@ pub fn read_instead(
     prune_dead(step);
 }
 
+/// The index of the one node that reads `name`, when exactly one does and `name` is not a graph
+/// output: a value a rewrite may fold into that node.
+pub fn sole_reader(graph: &GraphProto, name: &str) -> Option<usize> {
+    let mut readers = graph
+        .node
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.input.iter().any(|i| i == name));
+    let (first, _) = readers.next()?;
+    let is_output = graph.output.iter().any(|o| o.name == name);
+    (readers.next().is_none() && !is_output).then_some(first)
+}
+
+/// Removes the nodes at indices `doomed`, keeping the others in order.
+pub fn remove_nodes(graph: &mut GraphProto, doomed: &HashSet<usize>) {
+    let mut at = 0;
+    graph.node.retain(|_| {
+        at += 1;
+        !doomed.contains(&(at - 1))
+    });
+}
+
 /// The names one node reads, its subgraphs included.
 fn node_reads(node: &NodeProto) -> HashSet<String> {
     let g = GraphProto {
