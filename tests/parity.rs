@@ -127,6 +127,21 @@ fn fp32_parity(arch: &str) {
                 }
                 same += 1;
             }
+            // ViT and DeiT self-attention runs on glance's kernel (model::attention); Donut's
+            // Swin windows add a position bias to the scores and stay tract's.
+            let encoder_ops: usize = model
+                .graphs()
+                .encoder
+                .plans()
+                .iter()
+                .map(|g| g.count_ops(glance::model::attention::OP_TYPE))
+                .sum();
+            assert_eq!(
+                encoder_ops > 0,
+                arch != "donut",
+                "{arch} {} {layout:?}: {encoder_ops} self-attentions on glance's kernel",
+                form.name()
+            );
             report.push(format!(
                 "{arch:8} {:8} {layout:?}: {same}/{} identical",
                 form.name(),

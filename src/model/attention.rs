@@ -1,5 +1,6 @@
-//! Cross-attention over the cache on glance's kernel (`src/kernels/attention.rs`), so that the
-//! beams of one image share one copy of their cross-attention cache.
+//! Attention products on glance's kernel (`src/kernels/attention.rs`): decoders' cross-attention
+//! over the cache, so that the beams of one image share one copy of it, and encoders'
+//! self-attention, which tract ran as general products with a packing of each operand.
 //!
 //! BART-family exports (TrOCR, MBart in Donut) compute cross-attention over the cache in one of
 //! two ways, by transformers version:
@@ -13,6 +14,11 @@
 //! cache inputs as they are, and gives those inputs a batch dimension of their own
 //! ([`names::CROSS_ROWS`]): the session may then hold one row per image
 //! (`decode/session.rs`), and the op pairs each row with its image's keys and values.
+//!
+//! ViT, DeiT and their kin write self-attention as `Mul(q, s) -> MatMul(_, Mul(Transpose(k), s))
+//! -> Softmax(-1) -> MatMul(_, v)` (SDPA, keys transposed from `[batch, seq, heads, depth]` by
+//! `(0, 2, 3, 1)`) or `MatMul(q, Transpose(k)) -> Div(_, sqrt(depth)) -> Softmax -> MatMul(_, v)`
+//! (eager): [`claim_encoder`] makes each one [`OP_TYPE`] node too.
 
 use tract_onnx::model::{optional_inputs, ParsingContext};
 use tract_onnx::pb::{tensor_shape_proto::dimension::Value, GraphProto, NodeProto, ValueInfoProto};
@@ -27,7 +33,8 @@ use crate::kernels::attention::{self, Dims};
 /// The op type of a claimed cross-attention. Inputs: `q` (`[rows * heads, queries, depth]` or
 /// `[rows, heads, queries, depth]`), the key and value cache inputs (`[images or rows, heads,
 /// keys, depth]`), then optional ones (`""` where absent): the scalar the keys are multiplied
-/// by, and the shapes the export reshaped keys and values to (checked when the graph is typed).
+/// by, the shapes the export reshaped keys and values to (checked when the graph is typed), the
+/// scalar the queries (or the scores) are multiplied by and the one the scores are divided by.
 pub const OP_TYPE: &str = "GlanceSharedAttention";
 
 /// What [`undo`] needs to give the graph back as it was.
@@ -62,26 +69,7 @@ pub fn claim(graph: &mut GraphProto) -> Option<Claimed> {
         nodes: graph.node.clone(),
         inputs: graph.input.clone(),
     };
-    let mut dead = HashSet::new();
-    for c in chains {
-        let optional = |name: Option<String>| name.unwrap_or_default();
-        let node = NodeProto {
-            op_type: OP_TYPE.into(),
-            name: format!("{}.glance", graph.node[c.weighted].name),
-            input: vec![
-                c.q,
-                c.key.clone(),
-                c.value.clone(),
-                optional(c.key_scale),
-                optional(c.key_shape),
-                optional(c.value_shape),
-            ],
-            output: graph.node[c.weighted].output.clone(),
-            ..Default::default()
-        };
-        // In place of the chain's last node, so the graph stays in order.
-        graph.node[c.weighted] = node;
-        dead.extend(c.dead);
+    for c in &chains {
         for input in graph
             .input
             .iter_mut()
@@ -90,11 +78,69 @@ pub fn claim(graph: &mut GraphProto) -> Option<Claimed> {
             own_batch_dim(input);
         }
     }
-    remove_nodes(graph, &dead);
+    rewrite(graph, chains);
     Some(before)
 }
 
-/// Gives the graph back as it was before [`claim`].
+/// Rewrites every self-attention of an encoder graph into [`OP_TYPE`] (those it recognises:
+/// the others stay tract's).
+pub fn claim_encoder(graph: &mut GraphProto) -> Option<Claimed> {
+    let chains: Vec<Chain> = (0..graph.node.len())
+        .filter(|&at| graph.node[at].op_type == "Softmax")
+        .filter_map(|at| self_chain(graph, at))
+        .collect();
+    if chains.is_empty() {
+        return None;
+    }
+    let before = Claimed {
+        count: chains.len(),
+        nodes: graph.node.clone(),
+        inputs: graph.input.clone(),
+    };
+    rewrite(graph, chains);
+    Some(before)
+}
+
+/// Each chain becomes one [`OP_TYPE`] node in place of its last product (so the graph stays in
+/// order); the rest of it goes.
+fn rewrite(graph: &mut GraphProto, chains: Vec<Chain>) {
+    let mut dead = HashSet::new();
+    for c in chains {
+        let optional = |name: Option<String>| name.unwrap_or_default();
+        let node = NodeProto {
+            op_type: OP_TYPE.into(),
+            name: format!("{}.glance", graph.node[c.weighted].name),
+            input: vec![
+                c.q,
+                c.key,
+                c.value,
+                optional(c.key_scale),
+                optional(c.key_shape),
+                optional(c.value_shape),
+                optional(c.query_scale),
+                optional(c.scores_divisor),
+            ],
+            output: graph.node[c.weighted].output.clone(),
+            ..Default::default()
+        };
+        graph.node[c.weighted] = node;
+        dead.extend(c.dead);
+        if let Some(at) = c.heads_first {
+            // `[batch, seq, heads, depth]` to `[batch, heads, seq, depth]`, where the export
+            // went on to `[batch, heads, depth, seq]`.
+            if let Some(perm) = graph.node[at]
+                .attribute
+                .iter_mut()
+                .find(|a| a.name == "perm")
+            {
+                perm.ints = vec![0, 2, 1, 3];
+            }
+        }
+    }
+    remove_nodes(graph, &dead);
+}
+
+/// Gives the graph back as it was before [`claim`] or [`claim_encoder`].
 pub fn undo(graph: &mut GraphProto, claimed: Claimed) {
     graph.node = claimed.nodes;
     graph.input = claimed.inputs;
@@ -119,9 +165,14 @@ struct Chain {
     key_scale: Option<String>,
     key_shape: Option<String>,
     value_shape: Option<String>,
+    query_scale: Option<String>,
+    scores_divisor: Option<String>,
     /// The second product, which the new node replaces.
     weighted: usize,
     dead: Vec<usize>,
+    /// A transpose of the keys from `[batch, seq, heads, depth]` that is to stop at `[batch,
+    /// heads, seq, depth]`, the layout the op reads.
+    heads_first: Option<usize>,
 }
 
 /// The chain that reads cache input `key`, each value in it read by the next node only.
@@ -198,8 +249,114 @@ fn chain(graph: &GraphProto, key: &str) -> Option<Chain> {
         key_scale,
         key_shape,
         value_shape,
+        query_scale: None,
+        scores_divisor: None,
         weighted,
         dead,
+        heads_first: None,
+    })
+}
+
+/// The encoder self-attention chain through the Softmax at `softmax`, each value in it read by
+/// the next node only.
+fn self_chain(graph: &GraphProto, softmax: usize) -> Option<Chain> {
+    let node = |at: usize| &graph.node[at];
+    let producer = |name: &str| {
+        graph
+            .node
+            .iter()
+            .position(|n| n.output.iter().any(|o| o == name))
+    };
+    let is_constant = |name: &str| {
+        graph.initializer.iter().any(|t| t.name == name)
+            || producer(name).is_some_and(|at| node(at).op_type == "Constant")
+    };
+    // The node making `name`, when it is an `op` and `name` is read by `reader` only.
+    let made_by = |name: &str, op: &str, reader: usize| {
+        let at = producer(name)?;
+        (node(at).op_type == op && sole_reader(graph, name) == Some(reader)).then_some(at)
+    };
+    // `name` as `Mul(x, scale)` (either order) read by `reader` only: `(x, scale, the Mul)`.
+    let scaled = |name: &str, reader: usize| {
+        let at = made_by(name, "Mul", reader)?;
+        let inputs = &node(at).input;
+        match (is_constant(&inputs[0]), is_constant(inputs.get(1)?)) {
+            (false, true) => Some((inputs[0].clone(), inputs[1].clone(), at)),
+            (true, false) => Some((inputs[1].clone(), inputs[0].clone(), at)),
+            _ => None,
+        }
+    };
+    let out = |at: usize| node(at).output.first().cloned();
+    let mut dead = vec![softmax];
+
+    // Softmax over the keys of 4-D scores.
+    let axis = node(softmax).attribute.iter().find(|a| a.name == "axis")?.i;
+    (axis == -1 || axis == 3).then_some(())?;
+    let weighted = sole_reader(graph, &out(softmax)?)?;
+    let w = node(weighted);
+    (w.op_type == "MatMul" && w.input.first() == out(softmax).as_ref()).then_some(())?;
+    let value = w.input.get(1)?.clone();
+
+    // Scores, perhaps divided (eager) or multiplied by a constant.
+    let mut scores_in = node(softmax).input.first()?.clone();
+    let (mut scores_divisor, mut query_scale) = (None, None);
+    let mut next = softmax;
+    if let Some(at) = made_by(&scores_in, "Div", softmax) {
+        let inputs = &node(at).input;
+        is_constant(inputs.get(1)?).then_some(())?;
+        scores_divisor = Some(inputs[1].clone());
+        scores_in = inputs[0].clone();
+        next = at;
+        dead.push(at);
+    } else if let Some((x, scale, at)) = scaled(&scores_in, softmax) {
+        (scores_in, query_scale) = (x, Some(scale));
+        next = at;
+        dead.push(at);
+    }
+    let scores = made_by(&scores_in, "MatMul", next)?;
+    dead.push(scores);
+
+    // Queries, perhaps scaled (SDPA scales both sides by the square root).
+    let mut q = node(scores).input.first()?.clone();
+    if query_scale.is_none() {
+        if let Some((x, scale, at)) = scaled(&q, scores) {
+            (q, query_scale) = (x, Some(scale));
+            dead.push(at);
+        }
+    }
+    // Keys, perhaps scaled, transposed from the op's layout or from heads second.
+    let mut keys_t = node(scores).input.get(1)?.clone();
+    let (mut key_scale, mut next) = (None, scores);
+    if let Some((x, scale, at)) = scaled(&keys_t, scores) {
+        (keys_t, key_scale, next) = (x, Some(scale), at);
+        dead.push(at);
+    }
+    let transpose = made_by(&keys_t, "Transpose", next)?;
+    let perm = &node(transpose)
+        .attribute
+        .iter()
+        .find(|a| a.name == "perm")?
+        .ints;
+    let (key, heads_first) = match perm.as_slice() {
+        [0, 1, 3, 2] => {
+            dead.push(transpose);
+            (node(transpose).input.first()?.clone(), None)
+        }
+        [0, 2, 3, 1] => (keys_t, Some(transpose)),
+        _ => return None,
+    };
+    Some(Chain {
+        q,
+        key,
+        value,
+        key_scale,
+        key_shape: None,
+        value_shape: None,
+        query_scale,
+        scores_divisor,
+        weighted,
+        dead,
+        heads_first,
     })
 }
 
@@ -217,6 +374,8 @@ fn parse(
         key_scale: optional.next().flatten(),
         key_shape: optional.next().flatten(),
         value_shape: optional.next().flatten(),
+        query_scale: optional.next().flatten(),
+        scores_divisor: optional.next().flatten(),
     };
     Ok((expand(op), vec![]))
 }
@@ -227,6 +386,8 @@ struct Parsed {
     key_scale: Option<usize>,
     key_shape: Option<usize>,
     value_shape: Option<usize>,
+    query_scale: Option<usize>,
+    scores_divisor: Option<usize>,
 }
 
 impl Expansion for Parsed {
@@ -240,7 +401,13 @@ impl Expansion for Parsed {
         inputs: &'p [TensorProxy],
         outputs: &'p [TensorProxy],
     ) -> TractResult<()> {
-        let optional = [self.key_scale, self.key_shape, self.value_shape];
+        let optional = [
+            self.key_scale,
+            self.key_shape,
+            self.value_shape,
+            self.query_scale,
+            self.scores_divisor,
+        ];
         check_input_arity(inputs, 3 + optional.iter().flatten().count())?;
         check_output_arity(outputs, 1)?;
         for t in &inputs[..3] {
@@ -258,28 +425,45 @@ impl Expansion for Parsed {
         model: &mut TypedModel,
         inputs: &[OutletId],
     ) -> TractResult<TVec<OutletId>> {
-        let (q, k) = (model.outlet_fact(inputs[0])?, model.outlet_fact(inputs[1])?);
+        let (q, k, v) = (
+            model.outlet_fact(inputs[0])?,
+            model.outlet_fact(inputs[1])?,
+            model.outlet_fact(inputs[2])?,
+        );
         let context = || format!("{prefix}: not the attention {OP_TYPE} computes");
+        let reshaped = self.key_shape.is_some();
         ensure!(
-            q.rank() == 3 || q.rank() == 4,
-            "{}: queries of rank {}",
+            if reshaped {
+                q.rank() == 3
+            } else {
+                q.rank() == 4 && q.shape[1] == k.shape[1]
+            },
+            "{}: queries {:?} for keys {:?}",
             context(),
-            q.rank()
+            q.shape,
+            k.shape
+        );
+        ensure!(
+            k.shape == v.shape,
+            "{}: keys {:?} and values {:?}",
+            context(),
+            k.shape,
+            v.shape
         );
         for shape in [self.key_shape, self.value_shape].into_iter().flatten() {
             check_reshape(model.outlet_fact(inputs[shape])?, q, k).with_context(context)?;
         }
-        let key_scale = match self.key_scale {
-            Some(at) => {
-                let scale = model.outlet_fact(inputs[at])?.konst.clone();
-                let scale = scale
-                    .filter(|t| t.len() == 1)
-                    .with_context(|| format!("{}: keys scaled by a non-constant", context()))?;
-                scale.cast_to_scalar::<f32>()?
-            }
-            None => 1.0,
+        let scalar = |at: Option<usize>| -> TractResult<f32> {
+            let Some(at) = at else { return Ok(1.0) };
+            let c = model.outlet_fact(inputs[at])?.konst.clone();
+            let c = c
+                .filter(|t| t.len() == 1)
+                .with_context(|| format!("{}: scaled by a non-constant", context()))?;
+            c.cast_to_scalar::<f32>()
         };
-        model.wire_node(prefix, SharedAttention { key_scale }, &inputs[..3])
+        let scale =
+            scalar(self.key_scale)? * scalar(self.query_scale)? / scalar(self.scores_divisor)?;
+        model.wire_node(prefix, SharedAttention { scale }, &inputs[..3])
     }
 }
 
@@ -306,11 +490,12 @@ fn check_reshape(shape: &TypedFact, q: &TypedFact, k: &TypedFact) -> TractResult
     Ok(())
 }
 
-/// `softmax(q (key_scale k)^T) v`, `q` of `rows * heads` query blocks, `k` and `v` of one row
+/// `softmax(scale q k^T) v`, `q` of `rows * heads` query blocks, `k` and `v` of one row
 /// per image or one per row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SharedAttention {
-    key_scale: f32,
+    /// What the scores `q k^T` are multiplied by before the softmax.
+    scale: f32,
 }
 
 impl Eq for SharedAttention {}
@@ -332,7 +517,7 @@ impl EvalOp for SharedAttention {
         let mut out = Tensor::zero::<f32>(q.shape())?;
         attention::attend(
             q.try_as_plain_ram()?.as_slice::<f32>()?,
-            self.key_scale,
+            self.scale,
             k.try_as_plain_ram()?.as_slice::<f32>()?,
             v.try_as_plain_ram()?.as_slice::<f32>()?,
             dims,
@@ -617,6 +802,139 @@ mod tests {
             let mut undone = claimed.clone();
             undo(undone.graph.as_mut().unwrap(), c);
             assert_eq!(undone, original);
+        }
+    }
+
+    /// An encoder's self-attention over inputs `q [1, heads, seq, depth]`, `k` and `v`, as SDPA
+    /// exports write it (`k` as `[1, seq, heads, depth]`, both sides scaled by constants) or as
+    /// eager ones do (`k` as `q`, scores divided).
+    fn encoder_graph(sdpa: bool, seq: usize, extra: Vec<NodeProto>) -> ModelProto {
+        let scalar = |name: &str, x: f32| TensorProto {
+            name: name.into(),
+            data_type: DataType::Float as i32,
+            raw_data: x.to_le_bytes().to_vec(),
+            ..Default::default()
+        };
+        let constant = |name: &str, x: f32| NodeProto {
+            op_type: "Constant".into(),
+            name: name.into(),
+            output: vec![name.into()],
+            attribute: vec![AttributeProto {
+                name: "value".into(),
+                t: Some(scalar(name, x)),
+                r#type: AttributeType::Tensor as i32,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let (h, s, d) = (HEADS.to_string(), seq.to_string(), DEPTH.to_string());
+        let (mut nodes, initializer, k_dims) = if sdpa {
+            (
+                vec![
+                    constant("cq", 0.7),
+                    constant("ck", 0.7),
+                    node("Mul", &["q", "cq"], "qs", vec![]),
+                    node("Transpose", &["k"], "kt", vec![ints("perm", &[0, 2, 3, 1])]),
+                    node("Mul", &["ck", "kt"], "kts", vec![]),
+                    node("MatMul", &["qs", "kts"], "scores", vec![]),
+                    node("Softmax", &["scores"], "p", vec![int("axis", -1)]),
+                ],
+                vec![],
+                ["1", s.as_str(), h.as_str(), d.as_str()],
+            )
+        } else {
+            (
+                vec![
+                    node("Transpose", &["k"], "kt", vec![ints("perm", &[0, 1, 3, 2])]),
+                    node("MatMul", &["q", "kt"], "scores", vec![]),
+                    node("Div", &["scores", "c"], "scaled", vec![]),
+                    node("Softmax", &["scaled"], "p", vec![int("axis", -1)]),
+                ],
+                vec![scalar("c", 1.9)],
+                ["1", h.as_str(), s.as_str(), d.as_str()],
+            )
+        };
+        nodes.push(node("MatMul", &["p", "v"], "out", vec![]));
+        let heads = ["1", h.as_str(), s.as_str(), d.as_str()];
+        let mut outputs = vec![value_info("out", &port("out", &heads))];
+        for n in extra {
+            outputs.push(value_info(&n.output[0], &port(&n.output[0], &["x"])));
+            nodes.push(n);
+        }
+        ModelProto {
+            ir_version: 8,
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: 17,
+            }],
+            graph: Some(GraphProto {
+                name: "encoder".into(),
+                node: nodes,
+                initializer,
+                input: vec![
+                    value_info("q", &port("q", &heads)),
+                    value_info("k", &port("k", &k_dims)),
+                    value_info("v", &port("v", &heads)),
+                ],
+                output: outputs,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn encoder_self_attention_is_claimed_in_both_export_forms() {
+        for sdpa in [true, false] {
+            // Few rows (the decoder's loop) and many (the blocked product).
+            for seq in [5, 21] {
+                let original = encoder_graph(sdpa, seq, vec![]);
+                let mut claimed = original.clone();
+                let c = claim_encoder(claimed.graph.as_mut().unwrap()).expect("claimed");
+                assert_eq!(c.count, 1);
+                let ops: Vec<&str> = claimed
+                    .graph
+                    .as_ref()
+                    .unwrap()
+                    .node
+                    .iter()
+                    .map(|n| n.op_type.as_str())
+                    .collect();
+                let want: &[&str] = if sdpa {
+                    &["Constant", "Constant", "Transpose", OP_TYPE]
+                } else {
+                    &[OP_TYPE]
+                };
+                assert_eq!(ops, want);
+                let q = tensor(&[1, HEADS, seq, DEPTH], 1);
+                let k = if sdpa {
+                    tensor(&[1, seq, HEADS, DEPTH], 2)
+                } else {
+                    tensor(&[1, HEADS, seq, DEPTH], 2)
+                };
+                let v = tensor(&[1, HEADS, seq, DEPTH], 3);
+                let run = |proto: &ModelProto| {
+                    let g =
+                        Graph::prepare(Path::new("<test>"), proto, &Shapes::default(), 1).unwrap();
+                    let out = g
+                        .run(|p| {
+                            Ok(match p.name.as_str() {
+                                "q" => q.clone(),
+                                "k" => k.clone(),
+                                _ => v.clone(),
+                            })
+                        })
+                        .unwrap();
+                    out[0].clone().into_tensor()
+                };
+                close(&run(&claimed), &run(&original));
+                let mut undone = claimed.clone();
+                undo(undone.graph.as_mut().unwrap(), c);
+                assert_eq!(undone, original);
+            }
+            // Scores read elsewhere stay tract's.
+            let mut proto = encoder_graph(sdpa, 5, vec![node("Relu", &["scores"], "r", vec![])]);
+            assert!(claim_encoder(proto.graph.as_mut().unwrap()).is_none());
         }
     }
 

@@ -19,7 +19,7 @@ use tract_onnx::prelude::*;
 
 use super::graph::{self, Graph, NodeTime, Shapes};
 use super::position::{InGraph, PositionEmbeddings};
-use super::{names, prepare_proto, surgery, ModelDir, Runtime};
+use super::{attention, names, prepare_proto, surgery, ModelDir, Runtime};
 use crate::error::{Error, Result};
 use crate::vision::npy;
 use crate::vision::{PixelValues, Size};
@@ -212,7 +212,35 @@ impl Plans {
                 .collect(),
             batch_of_one: false,
         };
-        let g = Graph::prepare(&self.path, &proto, &shapes, self.rt.threads)?;
+        // Self-attention on glance's kernel ([`attention::claim_encoder`]); f16 graphs keep
+        // tract's, as does a graph that does not plan with it.
+        let claimed = match proto.graph.as_mut() {
+            Some(g) if !self.rt.compute.keeps_f16() => attention::claim_encoder(g),
+            _ => None,
+        };
+        let prepare =
+            |proto: &ModelProto| Graph::prepare(&self.path, proto, &shapes, self.rt.threads);
+        let g = match (prepare(&proto), claimed) {
+            (Ok(g), Some(claimed)) => {
+                log::debug!(
+                    "{}: {} self-attentions on glance's kernel",
+                    self.path.display(),
+                    claimed.count
+                );
+                g
+            }
+            (Err(e), Some(claimed)) => {
+                log::debug!(
+                    "{}: self-attention stays in tract ({e})",
+                    self.path.display()
+                );
+                if let Some(g) = proto.graph.as_mut() {
+                    attention::undo(g, claimed);
+                }
+                prepare(&proto)?
+            }
+            (planned, None) => planned?,
+        };
         made.push((shape.to_vec(), g.clone()));
         Ok(g)
     }

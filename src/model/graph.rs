@@ -377,6 +377,16 @@ impl Graph {
             .map_or(0, |p| p.plan.model().outputs.len())
     }
 
+    /// How many nodes of the plan run the op named `op` (glance's own are named by their ONNX op
+    /// type): tests check that a model runs on glance's kernels.
+    pub fn count_ops(&self, op: &str) -> usize {
+        let plans = std::iter::once(&self.plan).chain(self.prelude.as_ref().map(|p| &p.plan));
+        plans
+            .flat_map(|p| p.model().nodes())
+            .filter(|n| n.op.name() == op)
+            .count()
+    }
+
     pub fn input(&self, name: &str) -> Option<&Port> {
         self.inputs.iter().find(|p| p.name == name)
     }
