@@ -1,9 +1,10 @@
 //! What arithmetic a graph runs in, and the graph rewrites that choose it.
 //!
 //! Quantized exports (DynamicQuantizeLinear + MatMulInteger / ConvInteger) keep their integer
-//! products. tract's integer kernels are fast on aarch64, armv7 and x86 CPUs with VNNI; on x86
-//! with AVX2 alone tract 0.23's int8 kernel reaches about 1 GOP/s (`glance matmul`), so there
-//! the matrix products run on glance's own kernel ([`super::qmatmul`]), exact like tract's.
+//! products. tract's integer kernels are fast on aarch64 and armv7; on x86 with AVX2 alone
+//! tract 0.23's int8 kernel reaches about 1 GOP/s (`glance matmul`), and with AVX-512 VNNI it
+//! redid work on the weights at every run ([`tract_int8_is_fast`]), so on x86 the matrix
+//! products run on glance's own kernel ([`super::qmatmul`]), exact like tract's.
 //! Convolutions (the patch embedding, one per image) and CPUs without AVX2 compute the integer
 //! products in f32 instead: the activations are still quantized exactly as the specification
 //! says, and the integer weights (minus their zero point) become f32 weights, so every product
@@ -31,7 +32,7 @@ pub enum Compute {
     /// Everything in f32: integer weights and fp16 files are widened at load.
     F32,
     /// Integer products kept integer, whatever the CPU (glance's kernel for matrix products
-    /// on x86 without VNNI, tract's elsewhere).
+    /// on x86 with AVX2, tract's elsewhere).
     Int8,
     /// fp16 files kept in f16 (for CPUs with fp16 arithmetic, such as aarch64 with FEAT_FP16).
     F16,
@@ -126,18 +127,14 @@ impl Integers {
     }
 }
 
-/// Whether tract has fast int8 kernels for this CPU: aarch64 and armv7 (NEON), x86 with
-/// AVX-512 VNNI or AVX-VNNI.
+/// Whether tract has fast int8 kernels for this CPU: aarch64 and armv7 (NEON). Not x86, VNNI
+/// or not. On an AVX-512 VNNI CPU (AMD Zen 4) tract 0.23.9 widened the TrOCR-small LM head's
+/// int8 weights to i32 and summed them at every decoding step (60 of a 75 ms step; the step
+/// takes 2.9 ms on glance's kernel): its constant folding leaves weights over 4 MiB with two
+/// readers as they are (`CONST_FOLD_MEM_BUDGET`). Its `DynamicQuantizeLinear` also took 10 ms
+/// per encoder layer there.
 pub fn tract_int8_is_fast() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512vnni")
-            || std::arch::is_x86_feature_detected!("avxvnni")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        true
-    }
+    cfg!(not(target_arch = "x86_64"))
 }
 
 /// The bytes of an initializer, inline or from the graph's file.
