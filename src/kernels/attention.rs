@@ -8,9 +8,10 @@
 //! step, whatever the number of beams.
 //!
 //! The same product serves an encoder's self-attention, hundreds of queries per head against
-//! as many keys: there the rows of a head are computed in tiles whose sums stay in registers
-//! (tract ran the TrOCR-small encoder's attention products, their packing and the softmax at
-//! about 25 GFLOP/s, 280 of its 640 ms in q8).
+//! as many keys: there the rows of a head are computed in tiles whose sums stay in registers,
+//! and the softmax runs between the two products. On an AVX2 CPU (Zen 3) tract's attention
+//! products, their packing and its softmax took 280 of the TrOCR-small q8 encoder's 640 ms,
+//! 23 ms a layer; this kernel's AVX2 code takes 11 ms a layer on Zen 4.
 //!
 //! Layouts (row-major): queries and the output `[groups * per_group, heads, queries, depth]`
 //! (what the exports reshape to `[rows * heads, queries, depth]`); keys and values `[groups,
@@ -108,16 +109,32 @@ pub fn attend(
     }
     let chunks = dims.chunks();
     let tasks = dims.groups * dims.heads * chunks;
+    // Laid out once per call: the chunks of a head all read it.
+    let packed = dims.blocked().then(|| Packed::new(k, v, dims));
+    let operands = Operands {
+        q,
+        key_scale,
+        k,
+        v,
+        packed: packed.as_ref(),
+        dims,
+    };
     let out_at = Shared(out.as_mut_ptr());
     let part = |range: Range<usize>| {
         let out_at = &out_at;
-        let mut scratch = Scratch::default();
-        for task in range {
-            // SAFETY: task `(g, h, chunk)` writes only the output rows of group g's rows in
-            // the chunk at head h, which no other task writes; `out` has the queries' length
-            // (checked above).
-            unsafe { run_task(q, key_scale, k, v, dims, task, out_at.0, &mut scratch) }
-        }
+        let run = |scratch: &mut Scratch| {
+            for task in range.clone() {
+                // SAFETY: task `(g, h, chunk)` writes only the output rows of group g's rows
+                // in the chunk at head h, which no other task writes; `out` has the queries'
+                // length (checked above).
+                unsafe { run_task(&operands, task, out_at.0, scratch) }
+            }
+        };
+        // A thread runs one part at a time; were it ever inside another, it takes new buffers.
+        SCRATCH.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut scratch) => run(&mut scratch),
+            Err(_) => run(&mut Scratch::default()),
+        })
     };
     let macs = 2 * dims.query_len() * dims.keys;
     super::split(tasks, macs >= PARALLEL_MACS, part);
@@ -129,32 +146,97 @@ struct Shared(*mut f32);
 // SAFETY: tasks write disjoint parts of the output (see `attend`).
 unsafe impl Sync for Shared {}
 
-/// Per-thread buffers: the task's queries gathered contiguous, scores, outputs, and for the
-/// blocked product the keys and values laid out in tiles.
+/// Per-thread buffers: the task's queries gathered contiguous, scores, outputs. Kept from call
+/// to call (an encoder calls once per layer), so that they are not allocated and their pages
+/// faulted in again each time.
 #[derive(Default)]
 struct Scratch {
     q: Vec<f32>,
     scores: Vec<f32>,
     out: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+}
+
+/// What every task of a call reads.
+struct Operands<'a> {
+    q: &'a [f32],
+    key_scale: f32,
+    k: &'a [f32],
+    v: &'a [f32],
+    /// For the blocked product.
+    packed: Option<&'a Packed>,
+    dims: Dims,
+}
+
+/// The keys and values of every group and head laid out in tiles of [`TILE_COLS`] for the
+/// blocked product, each tile one contiguous stream, padded with zeros: keys `[keys /
+/// TILE_COLS][d][TILE_COLS]` (transposed), values `[d / TILE_COLS][keys][TILE_COLS]`.
+struct Packed {
     keys_t: Vec<f32>,
     values: Vec<f32>,
+    /// Values of one head in each.
+    keys_len: usize,
+    values_len: usize,
+}
+
+impl Packed {
+    fn new(k: &[f32], v: &[f32], dims: Dims) -> Packed {
+        let (keys, d) = (dims.keys, dims.depth);
+        let keys_len = keys.div_ceil(TILE_COLS) * d * TILE_COLS;
+        let values_len = d.div_ceil(TILE_COLS) * TILE_COLS * keys;
+        let heads = dims.groups * dims.heads;
+        let mut keys_t = vec![0f32; heads * keys_len];
+        let mut values = vec![0f32; heads * values_len];
+        let per_head = k.chunks_exact(keys * d).zip(v.chunks_exact(keys * d));
+        let packed = keys_t
+            .chunks_exact_mut(keys_len)
+            .zip(values.chunks_exact_mut(values_len));
+        for ((k, v), (keys_t, values)) in per_head.zip(packed) {
+            for (j, key) in k.chunks_exact(d).enumerate() {
+                let (tile, x) = (j / TILE_COLS, j % TILE_COLS);
+                for (c, &value) in key.iter().enumerate() {
+                    keys_t[(tile * d + c) * TILE_COLS + x] = value;
+                }
+            }
+            for (j, value) in v.chunks_exact(d).enumerate() {
+                for (c, &x) in value.iter().enumerate() {
+                    values[((c / TILE_COLS) * keys + j) * TILE_COLS + c % TILE_COLS] = x;
+                }
+            }
+        }
+        Packed {
+            keys_t,
+            values,
+            keys_len,
+            values_len,
+        }
+    }
+
+    /// Group and head `at` (`group * heads + head`).
+    fn head(&self, at: usize) -> (&[f32], &[f32]) {
+        (
+            &self.keys_t[at * self.keys_len..(at + 1) * self.keys_len],
+            &self.values[at * self.values_len..(at + 1) * self.values_len],
+        )
+    }
 }
 
 /// Group and head `task / chunks`, rows of chunk `task % chunks`.
 ///
 /// # Safety
 /// `out` points at `dims.query_len()` values; no other thread writes this task's rows.
-#[allow(clippy::too_many_arguments)]
-unsafe fn run_task(
-    q: &[f32],
-    key_scale: f32,
-    k: &[f32],
-    v: &[f32],
-    dims: Dims,
-    task: usize,
-    out: *mut f32,
-    scratch: &mut Scratch,
-) {
+unsafe fn run_task(operands: &Operands, task: usize, out: *mut f32, scratch: &mut Scratch) {
+    let Operands {
+        q,
+        key_scale,
+        k,
+        v,
+        packed,
+        dims,
+    } = *operands;
     let chunks = dims.chunks();
     let (group_head, chunk) = (task / chunks, task % chunks);
     let (group, head) = (group_head / dims.heads, group_head % dims.heads);
@@ -178,12 +260,13 @@ unsafe fn run_task(
         // q . (c k) as (c q) . k: the keys are read as they are.
         scratch.q.iter_mut().for_each(|x| *x *= key_scale);
     }
-    let kv = (group * dims.heads + head) * dims.keys * d
-        ..(group * dims.heads + head + 1) * dims.keys * d;
-    let (k, v) = (&k[kv.clone()], &v[kv]);
-    if dims.blocked() {
-        blocked(k, v, rows.len(), d, scratch);
+    // Values per row of `scratch.out`.
+    let stride = if let Some(packed) = packed {
+        let (keys_t, values) = packed.head(group_head);
+        blocked(keys_t, values, rows.len(), dims.keys, d, scratch)
     } else {
+        let kv = group_head * dims.keys * d..(group_head + 1) * dims.keys * d;
+        let (k, v) = (&k[kv.clone()], &v[kv]);
         scratch.scores.resize(rows.len() * dims.keys, 0.0);
         scratch.out.resize(rows.len() * d, 0.0);
         head_attention(
@@ -195,9 +278,10 @@ unsafe fn run_task(
             &mut scratch.scores,
             &mut scratch.out,
         );
-    }
+        d
+    };
     for (n, i) in rows.enumerate() {
-        let from = &scratch.out[n * d..(n + 1) * d];
+        let from = &scratch.out[n * stride..n * stride + d];
         // SAFETY: see the function's contract.
         unsafe { std::ptr::copy_nonoverlapping(from.as_ptr(), out.add(at(i)), d) };
     }
@@ -289,39 +373,27 @@ fn softmax(row: &mut [f32]) {
     }
 }
 
-/// The blocked product for many rows: lays out the keys transposed and the values in tiles of
-/// [`TILE_COLS`] (each tile one contiguous stream, padded with zeros), pads the queries to
-/// whole tiles of rows, then runs [`blocked_tiles`].
-fn blocked(k: &[f32], v: &[f32], rows: usize, d: usize, s: &mut Scratch) {
-    let keys = k.len() / d;
-    // Keys: `[keys / TILE_COLS][d][TILE_COLS]`.
-    s.keys_t.clear();
-    s.keys_t
-        .resize(keys.div_ceil(TILE_COLS) * d * TILE_COLS, 0.0);
-    for (j, key) in k.chunks_exact(d).enumerate() {
-        let (tile, x) = (j / TILE_COLS, j % TILE_COLS);
-        for (c, &value) in key.iter().enumerate() {
-            s.keys_t[(tile * d + c) * TILE_COLS + x] = value;
-        }
-    }
-    // Values: `[d / TILE_COLS][keys][TILE_COLS]`.
-    s.values.clear();
-    s.values
-        .resize(d.div_ceil(TILE_COLS) * keys * TILE_COLS, 0.0);
-    for (j, value) in v.chunks_exact(d).enumerate() {
-        for (c, &x) in value.iter().enumerate() {
-            s.values[((c / TILE_COLS) * keys + j) * TILE_COLS + c % TILE_COLS] = x;
-        }
-    }
+/// The blocked product for many rows against one head's keys and values laid out by
+/// [`Packed`]: pads the queries to whole tiles of rows, then runs [`blocked_tiles`]. Returns the
+/// stride of the output rows: the depth padded to whole tiles.
+fn blocked(
+    keys_t: &[f32],
+    values: &[f32],
+    rows: usize,
+    keys: usize,
+    d: usize,
+    s: &mut Scratch,
+) -> usize {
+    let d_padded = d.next_multiple_of(TILE_COLS);
     let rows_padded = rows.next_multiple_of(TILE_ROWS);
     s.q.resize(rows_padded * d, 0.0);
     s.scores
         .resize(TILE_ROWS * keys.next_multiple_of(TILE_COLS), 0.0);
-    s.out.resize(rows_padded * d, 0.0);
+    s.out.resize(rows_padded * d_padded, 0.0);
     let tiles = Tiles {
         q: &s.q,
-        keys_t: &s.keys_t,
-        values: &s.values,
+        keys_t,
+        values,
         keys,
         d,
     };
@@ -329,11 +401,28 @@ fn blocked(k: &[f32], v: &[f32], rows: usize, d: usize, s: &mut Scratch) {
     #[cfg(target_arch = "x86_64")]
     if super::int8::avx2() && fma() {
         // SAFETY: the CPU has AVX2 and FMA.
-        return unsafe { avx2::blocked_tiles(tiles, scores, out) };
+        unsafe { avx2::blocked_tiles(tiles, scores, out) };
+        return d_padded;
     }
     // Every aarch64 CPU fuses multiply-adds; elsewhere `mul_add` without the instruction
     // would be a library call per product.
-    blocked_tiles::<{ cfg!(target_arch = "aarch64") }>(tiles, scores, out)
+    blocked_tiles::<{ cfg!(target_arch = "aarch64") }>(tiles, scores, out);
+    d_padded
+}
+
+/// Whether the blocked product runs on vector instructions that were measured against tract's
+/// here: x86 with AVX2 and FMA (on an AVX-512 CPU, where tract uses AVX-512, the TrOCR-small
+/// encoder took the same time either way). aarch64 and armv7 get tract's hand-written f32
+/// kernels until this one is measured on a board.
+pub fn blocked_is_fast() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::int8::avx2() && fma()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -342,7 +431,7 @@ fn fma() -> bool {
     *DETECTED.get_or_init(|| std::arch::is_x86_feature_detected!("fma"))
 }
 
-/// The operands of [`blocked_tiles`], laid out by [`blocked`].
+/// The operands of [`blocked_tiles`]: `keys_t` and `values` as [`Packed`] lays them out.
 #[derive(Clone, Copy)]
 struct Tiles<'a> {
     /// `[rows, d]`, rows a multiple of [`TILE_ROWS`].
@@ -366,22 +455,28 @@ fn mul_add<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 /// Per tile of [`TILE_ROWS`] rows: their scores against each tile of [`TILE_COLS`] keys (sums
 /// kept in registers over the depth), softmax, then their outputs for each tile of
 /// [`TILE_COLS`] values (sums kept in registers over the keys). `scores`: [`TILE_ROWS`] rows
-/// of the keys padded to whole tiles; `out`: as `q`.
+/// of the keys padded to whole tiles; `out`: `[rows, d padded to whole tiles]`.
+///
+/// The sums are arrays of known length, read and written whole, so that the compiler keeps
+/// them in vector registers: indexing one by a length known only at run time (a slice of the
+/// tile, `&sum[..n]`) made it keep them in memory, five times slower.
 #[inline(always)]
 fn blocked_tiles<const FMA: bool>(t: Tiles, scores: &mut [f32], out: &mut [f32]) {
     let (d, keys) = (t.d, t.keys);
     let keys_padded = scores.len() / TILE_ROWS;
-    for (q, out) in
-        t.q.chunks_exact(TILE_ROWS * d)
-            .zip(out.chunks_exact_mut(TILE_ROWS * d))
-    {
+    let d_padded = d.next_multiple_of(TILE_COLS);
+    let out_tiles = out.chunks_exact_mut(TILE_ROWS * d_padded);
+    for (q, out) in t.q.chunks_exact(TILE_ROWS * d).zip(out_tiles) {
         for (j, tile) in t.keys_t.chunks_exact(d * TILE_COLS).enumerate() {
             let mut sums = [[0f32; TILE_COLS]; TILE_ROWS];
             for (c, b) in tile.chunks_exact(TILE_COLS).enumerate() {
+                let Some(b) = b.first_chunk::<TILE_COLS>() else {
+                    continue;
+                };
                 for (r, sum) in sums.iter_mut().enumerate() {
                     let a = q[r * d + c];
-                    for (s, &b) in sum.iter_mut().zip(b) {
-                        *s = mul_add::<FMA>(a, b, *s);
+                    for x in 0..TILE_COLS {
+                        sum[x] = mul_add::<FMA>(a, b[x], sum[x]);
                     }
                 }
             }
@@ -395,17 +490,18 @@ fn blocked_tiles<const FMA: bool>(t: Tiles, scores: &mut [f32], out: &mut [f32])
         for (j, tile) in t.values.chunks_exact(keys * TILE_COLS).enumerate() {
             let mut sums = [[0f32; TILE_COLS]; TILE_ROWS];
             for (s, b) in tile.chunks_exact(TILE_COLS).enumerate() {
+                let Some(b) = b.first_chunk::<TILE_COLS>() else {
+                    continue;
+                };
                 for (r, sum) in sums.iter_mut().enumerate() {
                     let p = scores[r * keys_padded + s];
-                    for (o, &b) in sum.iter_mut().zip(b) {
-                        *o = mul_add::<FMA>(p, b, *o);
+                    for x in 0..TILE_COLS {
+                        sum[x] = mul_add::<FMA>(p, b[x], sum[x]);
                     }
                 }
             }
-            let from = j * TILE_COLS;
-            let n = TILE_COLS.min(d - from);
             for (r, sum) in sums.iter().enumerate() {
-                out[r * d + from..][..n].copy_from_slice(&sum[..n]);
+                out[r * d_padded + j * TILE_COLS..][..TILE_COLS].copy_from_slice(sum);
             }
         }
     }

@@ -82,6 +82,12 @@ pub fn claim(graph: &mut GraphProto) -> Option<Claimed> {
     Some(before)
 }
 
+/// Whether encoders' self-attention runs on glance's kernel on this CPU (where its blocked
+/// product was measured: see `kernels::attention::blocked_is_fast`).
+pub fn claims_encoders() -> bool {
+    attention::blocked_is_fast()
+}
+
 /// Rewrites every self-attention of an encoder graph into [`OP_TYPE`] (those it recognises:
 /// the others stay tract's).
 pub fn claim_encoder(graph: &mut GraphProto) -> Option<Claimed> {

@@ -212,10 +212,12 @@ impl Plans {
                 .collect(),
             batch_of_one: false,
         };
-        // Self-attention on glance's kernel ([`attention::claim_encoder`]); f16 graphs keep
-        // tract's, as does a graph that does not plan with it.
+        // Self-attention on glance's kernel ([`attention::claim_encoder`]) where it is fast;
+        // f16 graphs keep tract's, as does a graph that does not plan with it.
         let claimed = match proto.graph.as_mut() {
-            Some(g) if !self.rt.compute.keeps_f16() => attention::claim_encoder(g),
+            Some(g) if !self.rt.compute.keeps_f16() && attention::claims_encoders() => {
+                attention::claim_encoder(g)
+            }
             _ => None,
         };
         let prepare =
