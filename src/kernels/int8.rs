@@ -16,6 +16,13 @@
 //! interleaved streams per tile ran at half the bandwidth. Activations are packed per
 //! call into such pairs, zero point subtracted. Weight zero points are applied at the end:
 //! `sum (a - a0) * b - b0 * sum (a - a0)`. i32 sums wrap like the reference operator's.
+//!
+//! On CPUs with VNNI (AVX-512 VNNI, AVX-VNNI), `vpdpbusd` multiplies unsigned by signed bytes
+//! and adds four products into each i32 lane, exact too (`vpdpbusds` is the saturating one): one
+//! instruction for what takes a widening load and a `vpmaddwd` per row pair. There the weights
+//! are laid out in row quads, as int8 (uint8 weights less 128, and their zero points), the
+//! activations stay unsigned bytes, and their zero point is applied at the end through each
+//! column's sum of weights: `sum a * b' - a0 * sum b' - b0' * sum (a - a0)`.
 
 use std::ops::Range;
 
@@ -25,6 +32,9 @@ const NR: usize = 8;
 const TILE: usize = 2 * NR;
 /// Bytes per row pair of a tile.
 const PAIR_BYTES: usize = 2 * TILE;
+/// Bytes per row quad of a tile (VNNI): two halves of [`NR`] columns, each column's four
+/// values contiguous.
+const QUAD_BYTES: usize = 4 * TILE;
 /// Rows per micro-tile: 4 rows x 2 halves = 8 accumulators, plus 2 weight and 1 activation
 /// registers, within AVX2's 16.
 const MR: usize = 4;
@@ -59,9 +69,26 @@ pub struct PackedB {
     signed: bool,
     /// Per-column zero points; `None` when all are zero (symmetric quantization).
     zero: Option<Vec<i32>>,
-    /// `n / TILE` tiles (rounded up) of `k / 2` row pairs (rounded up) of `PAIR_BYTES`;
-    /// padding is 0.
+    /// `n / TILE` tiles (rounded up) of `k / 2` row pairs (rounded up) of `PAIR_BYTES`, or
+    /// with VNNI of `k / 4` row quads of `QUAD_BYTES`; padding is 0.
     tiles: Vec<u8>,
+    /// With VNNI: the instructions, and each column's sum of its (int8) weights.
+    quads: Option<Quads>,
+}
+
+#[derive(Debug, Clone)]
+struct Quads {
+    vnni: Vnni,
+    column_sums: Vec<i32>,
+}
+
+/// Which `vpdpbusd` this CPU has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Vnni {
+    /// AVX-512 VNNI with 256-bit registers (AVX-512 VL).
+    Avx512,
+    /// AVX-VNNI (the VEX encoding, on CPUs without AVX-512).
+    Avx,
 }
 
 impl PackedB {
@@ -80,6 +107,9 @@ impl PackedB {
             len => return Err(format!("{len} zero points for {n} columns")),
         }
         .filter(|z| z.iter().any(|&v| v != 0));
+        if let Some(vnni) = vnni() {
+            return Ok(PackedB::quads(b, k, n, zero, vnni));
+        }
         let pairs = k.div_ceil(2);
         // Written in order, one row pair of a tile at a time (the load time of a large LM head).
         let mut tiles = vec![0u8; n.div_ceil(TILE) * pairs * PAIR_BYTES];
@@ -103,7 +133,51 @@ impl PackedB {
             signed: b.signed,
             zero,
             tiles,
+            quads: None,
         })
+    }
+
+    /// The VNNI layout: int8 weights in row quads (uint8 ones less 128, their zero points too,
+    /// so that `b - b0` is unchanged), with each column's sum.
+    fn quads(b: Bytes, k: usize, n: usize, zero: Option<Vec<i32>>, vnni: Vnni) -> PackedB {
+        let shift = if b.signed { 0 } else { 128 };
+        let weight = |at: usize| (b.get(at) - shift) as i8;
+        let zero = if b.signed {
+            zero
+        } else {
+            let zero = zero.unwrap_or_else(|| vec![0; n]);
+            Some(zero.iter().map(|z| z - shift).collect())
+        };
+        let quads = k.div_ceil(4);
+        let mut tiles = vec![0u8; n.div_ceil(TILE) * quads * QUAD_BYTES];
+        for (at, quad_bytes) in tiles.chunks_exact_mut(QUAD_BYTES).enumerate() {
+            let (tile, quad) = (at / quads, at % quads);
+            let cols = tile * TILE..((tile + 1) * TILE).min(n);
+            for i in 0..4 {
+                let row = 4 * quad + i;
+                if row >= k {
+                    break;
+                }
+                for (c, col) in cols.clone().enumerate() {
+                    quad_bytes[(c / NR) * 4 * NR + (c % NR) * 4 + i] = weight(row * n + col) as u8;
+                }
+            }
+        }
+        // Row by row: the weights are row-major.
+        let mut column_sums = vec![0i32; n];
+        for row in 0..k {
+            for (col, sum) in column_sums.iter_mut().enumerate() {
+                *sum = sum.wrapping_add(weight(row * n + col) as i32);
+            }
+        }
+        PackedB {
+            k,
+            n,
+            signed: true,
+            zero: zero.filter(|z| z.iter().any(|&v| v != 0)),
+            tiles,
+            quads: Some(Quads { vnni, column_sums }),
+        }
     }
 
     pub fn k(&self) -> usize {
@@ -114,12 +188,16 @@ impl PackedB {
         self.n
     }
 
-    fn pairs(&self) -> usize {
-        self.k.div_ceil(2)
+    /// Bytes of one tile.
+    fn tile_len(&self) -> usize {
+        match self.quads {
+            Some(_) => self.k.div_ceil(4) * QUAD_BYTES,
+            None => self.k.div_ceil(2) * PAIR_BYTES,
+        }
     }
 
     fn tile(&self, t: usize) -> &[u8] {
-        let len = self.pairs() * PAIR_BYTES;
+        let len = self.tile_len();
         &self.tiles[t * len..(t + 1) * len]
     }
 
@@ -128,51 +206,64 @@ impl PackedB {
     }
 }
 
-/// Activations as i16 pairs `(a[2j] - a0) | (a[2j + 1] - a0) << 16` per row, with each row's
-/// sum of `a - a0` (for the weights' zero points).
+/// Activations packed for the weights' layout, with each row's sum of `a - a0` (for the
+/// weights' zero points): i16 pairs `(a[2j] - a0) | (a[2j + 1] - a0) << 16`, or for VNNI the
+/// unsigned bytes `a[4j..4j + 4]` in each word and their zero point `a0` apart.
 struct PackedA {
-    pairs: usize,
+    /// Words per row.
+    words_per_row: usize,
     words: Vec<i32>,
     sums: Vec<i32>,
+    /// The zero point of VNNI's unsigned activations (0 for pairs, already subtracted).
+    zero: i32,
 }
 
 impl PackedA {
-    /// From `[m, k]` values for which `value(i)` gives `a[i] - a0`.
-    fn new(m: usize, k: usize, value: impl Fn(usize) -> i32) -> PackedA {
-        let pairs = k.div_ceil(2);
-        let mut words = vec![0i32; m * pairs];
+    /// For `b`, from `[m, k]` activations: `value(i)` gives `a[i]` as an unsigned byte (0..=255)
+    /// and `zero` its zero point.
+    fn new(m: usize, k: usize, b: &PackedB, value: impl Fn(usize) -> i32, zero: i32) -> PackedA {
+        let per_word = if b.quads.is_some() { 4 } else { 2 };
+        let words_per_row = k.div_ceil(per_word);
+        let mut words = vec![0i32; m * words_per_row];
         let mut sums = vec![0i32; m];
         for (r, sum) in sums.iter_mut().enumerate() {
-            let row = &mut words[r * pairs..(r + 1) * pairs];
+            let row = &mut words[r * words_per_row..(r + 1) * words_per_row];
             for (j, word) in row.iter_mut().enumerate() {
-                let lo = value(r * k + 2 * j);
-                let hi = if 2 * j + 1 < k {
-                    value(r * k + 2 * j + 1)
-                } else {
-                    0
-                };
-                *sum = sum.wrapping_add(lo + hi);
-                *word = (lo as u16 as u32 | (hi as u16 as u32) << 16) as i32;
+                let at = j * per_word;
+                let values = (at..(at + per_word).min(k)).map(|i| value(r * k + i));
+                for (i, v) in values.enumerate() {
+                    *sum = sum.wrapping_add(v - zero);
+                    *word |= if per_word == 4 {
+                        v << (8 * i)
+                    } else {
+                        ((v - zero) as u16 as i32) << (16 * i)
+                    };
+                }
             }
         }
-        PackedA { pairs, words, sums }
+        PackedA {
+            words_per_row,
+            words,
+            sums,
+            zero: if per_word == 4 { zero } else { 0 },
+        }
     }
 
     fn row(&self, r: usize) -> &[i32] {
-        &self.words[r * self.pairs..(r + 1) * self.pairs]
+        &self.words[r * self.words_per_row..(r + 1) * self.words_per_row]
     }
 }
 
 /// ONNX `DynamicQuantizeLinear` of `x` (one scale for the whole tensor), packed: returns the
 /// quantized values minus their zero point, and the scale. The same arithmetic as tract's
 /// operator (`x / scale`, ties to even), so the integers are the ones the graph would make.
-fn quantize(x: &[f32], m: usize, k: usize) -> (PackedA, f32) {
+fn quantize(x: &[f32], m: usize, b: &PackedB) -> (PackedA, f32) {
     let (min, max) = min_max(x);
     let scale = (max - min) / 255.0;
     let zero = (-min / scale).round_ties_even().clamp(0.0, 255.0) as i32;
     let mut q = vec![0i32; x.len()];
     quantize_values(x, scale, zero, &mut q);
-    (PackedA::new(m, k, |i| q[i]), scale)
+    (PackedA::new(m, b.k, b, |i| q[i] + zero, zero), scale)
 }
 
 /// `q[i] = clamp(round_ties_even(x[i] / scale) + zero, 0, 255) - zero`.
@@ -216,7 +307,9 @@ pub fn matmul(a: Bytes, a0: i32, m: usize, b: &PackedB, c: &mut [i32]) -> Result
     if !(-255..=255).contains(&a0) {
         return Err(format!("activation zero point {a0} is not 8-bit"));
     }
-    let packed = PackedA::new(m, b.k, |i| a.get(i) - a0);
+    // Unsigned bytes and their zero point: `a - a0` is the same.
+    let shift = if a.signed { 128 } else { 0 };
+    let packed = PackedA::new(m, b.k, b, |i| a.get(i) + shift, a0 + shift);
     run(&packed, m, b, Out::I32(c.as_mut_ptr()));
     Ok(())
 }
@@ -239,7 +332,7 @@ pub fn dynamic_matmul(
             b.n
         ));
     }
-    let (packed, x_scale) = quantize(x, m, b.k);
+    let (packed, x_scale) = quantize(x, m, b);
     // The graph multiplies the two scales first, then the product by the cast sums.
     let scales: Vec<f32> = (0..b.n)
         .map(|col| x_scale * w_scale[if w_scale.len() == 1 { 0 } else { col }])
@@ -275,7 +368,7 @@ fn run(a: &PackedA, m: usize, b: &PackedB, out: Out) {
 /// # Safety
 /// `out` points at `m * b.n` values; no other thread writes these columns meanwhile.
 unsafe fn tiles_of(a: &PackedA, m: usize, b: &PackedB, tiles: Range<usize>, out: Out) {
-    let block = (A_BLOCK_BYTES / (4 * a.pairs)).max(MR) / MR * MR;
+    let block = (A_BLOCK_BYTES / (4 * a.words_per_row)).max(MR) / MR * MR;
     for rows in (0..m).step_by(block) {
         let rows = rows..(rows + block).min(m);
         for tile in tiles.clone() {
@@ -286,6 +379,15 @@ unsafe fn tiles_of(a: &PackedA, m: usize, b: &PackedB, tiles: Range<usize>, out:
                 let count = (rows.end - r).min(MR);
                 let mut sums = [[0i32; TILE]; MR];
                 micro(a, r, count, b, tile, &mut sums);
+                if let Some(q) = b.quads.as_ref().filter(|_| a.zero != 0) {
+                    // The activations' zero point: `- a0 * sum b'` per column.
+                    let column_sums = &q.column_sums[cols.clone()];
+                    for row_sums in sums.iter_mut().take(count) {
+                        for (s, &c) in row_sums.iter_mut().zip(column_sums) {
+                            *s = s.wrapping_sub(a.zero.wrapping_mul(c));
+                        }
+                    }
+                }
                 for (i, row_sums) in sums.iter().enumerate().take(count) {
                     let row = r + i;
                     write(row_sums, zero, a.sums[row], out, row * b.n, cols.clone());
@@ -330,9 +432,28 @@ unsafe fn write(
 fn micro(a: &PackedA, r: usize, count: usize, b: &PackedB, t: usize, sums: &mut [[i32; TILE]; MR]) {
     let tile = b.tile(t);
     #[cfg(target_arch = "x86_64")]
+    if let Some(q) = &b.quads {
+        use avx2::{micro_vnni_avx as avx, micro_vnni_avx512 as avx512};
+        // SAFETY: the layout was chosen where this VNNI was detected; the tile holds
+        // `a.words_per_row` row quads of QUAD_BYTES.
+        unsafe {
+            match (q.vnni, count) {
+                (Vnni::Avx512, 1) => avx512::<1>(a, r, tile, sums),
+                (Vnni::Avx512, 2) => avx512::<2>(a, r, tile, sums),
+                (Vnni::Avx512, 3) => avx512::<3>(a, r, tile, sums),
+                (Vnni::Avx512, _) => avx512::<4>(a, r, tile, sums),
+                (Vnni::Avx, 1) => avx::<1>(a, r, tile, sums),
+                (Vnni::Avx, 2) => avx::<2>(a, r, tile, sums),
+                (Vnni::Avx, 3) => avx::<3>(a, r, tile, sums),
+                (Vnni::Avx, _) => avx::<4>(a, r, tile, sums),
+            }
+        }
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
     if avx2() {
         use avx2::micro as k;
-        // SAFETY: AVX2 was detected; the tile holds `a.pairs` row pairs of PAIR_BYTES.
+        // SAFETY: AVX2 was detected; the tile holds `a.words_per_row` row pairs of PAIR_BYTES.
         unsafe {
             match (count, b.signed) {
                 (1, true) => k::<1, true>(a, r, tile, sums),
@@ -382,9 +503,35 @@ pub fn avx2() -> bool {
     }
 }
 
+/// Which VNNI the kernel uses here (detected once), if any.
+fn vnni() -> Option<Vnni> {
+    #[cfg(test)]
+    if tests::PORTABLE.get() || tests::NO_VNNI.get() {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        static DETECTED: std::sync::OnceLock<Option<Vnni>> = std::sync::OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            if has!("avx512vnni") && has!("avx512vl") && has!("avx2") {
+                Some(Vnni::Avx512)
+            } else if has!("avxvnni") && has!("avx2") {
+                Some(Vnni::Avx)
+            } else {
+                None
+            }
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        None
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Out, PackedA, MR, NR, PAIR_BYTES, TILE};
+    use super::{Out, PackedA, MR, NR, PAIR_BYTES, QUAD_BYTES, TILE};
     use std::arch::x86_64::*;
 
     /// How far ahead of its loads the kernel prefetches a tile (measured on the LM head shapes,
@@ -476,7 +623,7 @@ mod avx2 {
     /// The portable loop of [`super::micro`] for `R` rows, in AVX2.
     ///
     /// # Safety
-    /// The CPU has AVX2; `tile` holds `a.pairs` row pairs of `PAIR_BYTES`; rows `r..r + R`
+    /// The CPU has AVX2; `tile` holds `a.words_per_row` row pairs of `PAIR_BYTES`; rows `r..r + R`
     /// exist in `a`.
     #[target_feature(enable = "avx2")]
     pub unsafe fn micro<const R: usize, const SIGNED: bool>(
@@ -489,7 +636,7 @@ mod avx2 {
         let b = tile.as_ptr();
         let mut acc0 = [_mm256_setzero_si256(); R];
         let mut acc1 = [_mm256_setzero_si256(); R];
-        for j in 0..a.pairs {
+        for j in 0..a.words_per_row {
             let at = j * PAIR_BYTES;
             if j % 2 == 0 {
                 // One cache line per two row pairs. A hint: past the end it loads nothing.
@@ -515,6 +662,54 @@ mod avx2 {
             _mm256_storeu_si256(out.add(1), acc1[i]);
         }
     }
+
+    /// [`micro`] for the VNNI layout: per row quad, one `vpdpbusd` per row and half tile.
+    /// The same code for both encodings of the instruction.
+    macro_rules! micro_vnni {
+        ($name:ident, $features:literal, $dpbusd:ident) => {
+            /// `R` rows of `a` (unsigned bytes, four per word) times the tile's int8 quads.
+            ///
+            /// # Safety
+            /// The CPU has the VNNI of this name; `tile` holds `a.words_per_row` row quads of
+            /// `QUAD_BYTES`; rows `r..r + R` exist in `a`.
+            #[target_feature(enable = $features)]
+            pub unsafe fn $name<const R: usize>(
+                a: &PackedA,
+                r: usize,
+                tile: &[u8],
+                sums: &mut [[i32; TILE]; MR],
+            ) {
+                let rows: [*const i32; R] = std::array::from_fn(|i| a.row(r + i).as_ptr());
+                let b = tile.as_ptr();
+                let mut acc0 = [_mm256_setzero_si256(); R];
+                let mut acc1 = [_mm256_setzero_si256(); R];
+                for j in 0..a.words_per_row {
+                    let at = j * QUAD_BYTES;
+                    // One cache line per quad.
+                    let ahead = b.wrapping_add(at + PREFETCH_BYTES) as *const i8;
+                    _mm_prefetch::<_MM_HINT_T0>(ahead);
+                    let w0 = _mm256_loadu_si256(b.add(at) as *const __m256i);
+                    let w1 = _mm256_loadu_si256(b.add(at + QUAD_BYTES / 2) as *const __m256i);
+                    for i in 0..R {
+                        let quad = _mm256_set1_epi32(*rows[i].add(j));
+                        acc0[i] = $dpbusd(acc0[i], quad, w0);
+                        acc1[i] = $dpbusd(acc1[i], quad, w1);
+                    }
+                }
+                for i in 0..R {
+                    let out = sums[i].as_mut_ptr() as *mut __m256i;
+                    _mm256_storeu_si256(out, acc0[i]);
+                    _mm256_storeu_si256(out.add(1), acc1[i]);
+                }
+            }
+        };
+    }
+    micro_vnni!(
+        micro_vnni_avx512,
+        "avx2,avx512vnni,avx512vl",
+        _mm256_dpbusd_epi32
+    );
+    micro_vnni!(micro_vnni_avx, "avx2,avxvnni", _mm256_dpbusd_avx_epi32);
 }
 
 #[cfg(test)]
@@ -525,14 +720,19 @@ mod tests {
     thread_local! {
         /// Makes [`avx2`] false on this thread, so x86 runs test the portable code too.
         pub static PORTABLE: Cell<bool> = const { Cell::new(false) };
+        /// Makes [`vnni`] none on this thread, so VNNI CPUs test the AVX2 code too.
+        pub static NO_VNNI: Cell<bool> = const { Cell::new(false) };
     }
 
-    /// Runs `f` on the portable code, then (where the CPU has it) on AVX2.
+    /// Runs `f` on the portable code, then (where the CPU has them) on AVX2 and VNNI.
     fn both_paths(f: impl Fn(&str)) {
         PORTABLE.set(true);
         f("portable");
         PORTABLE.set(false);
+        NO_VNNI.set(true);
         f("avx2 where available");
+        NO_VNNI.set(false);
+        f("vnni where available");
     }
 
     fn reference(
