@@ -683,9 +683,27 @@ mod tests {
 
     #[test]
     fn threads_give_the_same_result() {
-        use tract_linalg::multithread::{multithread_tract_scope, Executor};
+        let same_on_two_threads = |dims: Dims, scale: f32| {
+            use tract_linalg::multithread::{multithread_tract_scope, Executor};
+            let (q, k, v) = (
+                values(dims.query_len(), 7),
+                values(dims.key_len(), 8),
+                values(dims.key_len(), 9),
+            );
+            let run = || {
+                let mut out = vec![0f32; q.len()];
+                attend(&q, scale, &k, &v, dims, &mut out).unwrap();
+                out
+            };
+            let alone = run();
+            assert_eq!(
+                multithread_tract_scope(Executor::multithread(2), run),
+                alone,
+                "{dims:?}"
+            );
+        };
         // TrOCR-small's step at four beams: enough work to split over the pool.
-        let dims = Dims {
+        let step = Dims {
             groups: 1,
             per_group: 4,
             heads: 8,
@@ -693,23 +711,9 @@ mod tests {
             keys: 578,
             depth: 32,
         };
-        let (q, k, v) = (
-            values(dims.query_len(), 7),
-            values(dims.key_len(), 8),
-            values(dims.key_len(), 9),
-        );
-        let run = || {
-            let mut out = vec![0f32; q.len()];
-            attend(&q, 1.0, &k, &v, dims, &mut out).unwrap();
-            out
-        };
-        let alone = run();
-        assert_eq!(
-            multithread_tract_scope(Executor::multithread(2), run),
-            alone
-        );
+        same_on_two_threads(step, 1.0);
         // TrOCR-small's encoder: 578 rows per head in ten chunks.
-        let dims = Dims {
+        let encoder = Dims {
             groups: 1,
             per_group: 1,
             heads: 2,
@@ -717,21 +721,7 @@ mod tests {
             keys: 578,
             depth: 64,
         };
-        let (q, k, v) = (
-            values(dims.query_len(), 7),
-            values(dims.key_len(), 8),
-            values(dims.key_len(), 9),
-        );
-        let run = || {
-            let mut out = vec![0f32; q.len()];
-            attend(&q, 0.125, &k, &v, dims, &mut out).unwrap();
-            out
-        };
-        let alone = run();
-        assert_eq!(
-            multithread_tract_scope(Executor::multithread(2), run),
-            alone
-        );
+        same_on_two_threads(encoder, 0.125);
     }
 
     #[test]

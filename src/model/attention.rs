@@ -27,7 +27,7 @@ use tract_onnx::tract_hir::internal::*;
 use std::collections::HashSet;
 
 use super::names;
-use super::surgery::{remove_nodes, sole_reader};
+use super::surgery::{producer, remove_nodes, sole_reader};
 use crate::kernels::attention::{self, Dims};
 
 /// The op type of a claimed cross-attention. Inputs: `q` (`[rows * heads, queries, depth]` or
@@ -267,12 +267,7 @@ fn chain(graph: &GraphProto, key: &str) -> Option<Chain> {
 /// the next node only.
 fn self_chain(graph: &GraphProto, softmax: usize) -> Option<Chain> {
     let node = |at: usize| &graph.node[at];
-    let producer = |name: &str| {
-        graph
-            .node
-            .iter()
-            .position(|n| n.output.iter().any(|o| o == name))
-    };
+    let producer = |name: &str| producer(graph, name);
     let is_constant = |name: &str| {
         graph.initializer.iter().any(|t| t.name == name)
             || producer(name).is_some_and(|at| node(at).op_type == "Constant")
@@ -690,10 +685,28 @@ mod tests {
             ),
         };
         let out: Vec<&str> = out.iter().map(String::as_str).collect();
-        let mut outputs = vec![value_info("out", &port("out", &out))];
-        for n in extra {
+        let cache = ["batch_size", &h, &s, &d];
+        let inputs: [(&str, &[&str]); 3] = [
+            ("q", &["batch_size", &h, "1", &d]),
+            (KEY, &cache),
+            (VALUE, &cache),
+        ];
+        nodes.extend(extra);
+        model(nodes, initializer, &inputs, &out)
+    }
+
+    /// A model of `nodes` reading `inputs` (names and dimensions), whose outputs are `out`
+    /// (of `out_dims`) and the first output of every node after the one making `out`.
+    fn model(
+        nodes: Vec<NodeProto>,
+        initializer: Vec<TensorProto>,
+        inputs: &[(&str, &[&str])],
+        out_dims: &[&str],
+    ) -> ModelProto {
+        let made_out = nodes.iter().position(|n| n.output[0] == "out").unwrap();
+        let mut outputs = vec![value_info("out", &port("out", out_dims))];
+        for n in &nodes[made_out + 1..] {
             outputs.push(value_info(&n.output[0], &port(&n.output[0], &["x"])));
-            nodes.push(n);
         }
         ModelProto {
             ir_version: 8,
@@ -702,14 +715,13 @@ mod tests {
                 version: 17,
             }],
             graph: Some(GraphProto {
-                name: "cross".into(),
+                name: "attention".into(),
                 node: nodes,
                 initializer,
-                input: vec![
-                    value_info("q", &port("q", &["batch_size", &h, "1", &d])),
-                    value_info(KEY, &port(KEY, &["batch_size", &h, &s, &d])),
-                    value_info(VALUE, &port(VALUE, &["batch_size", &h, &s, &d])),
-                ],
+                input: inputs
+                    .iter()
+                    .map(|(name, dims)| value_info(name, &port(name, dims)))
+                    .collect(),
                 output: outputs,
                 ..Default::default()
             }),
@@ -748,6 +760,11 @@ mod tests {
         }
     }
 
+    fn op_types(model: &ModelProto) -> Vec<&str> {
+        let nodes = &model.graph.as_ref().unwrap().node;
+        nodes.iter().map(|n| n.op_type.as_str()).collect()
+    }
+
     #[test]
     fn rows_share_their_images_keys_and_values() {
         for form in [Form::Reshaped, Form::FourD] {
@@ -755,14 +772,7 @@ mod tests {
             let mut claimed = original.clone();
             let c = claim(claimed.graph.as_mut().unwrap()).expect("the chain is claimed");
             assert_eq!(c.count, 1);
-            let ops: Vec<&str> = claimed
-                .graph
-                .as_ref()
-                .unwrap()
-                .node
-                .iter()
-                .map(|n| n.op_type.as_str())
-                .collect();
+            let ops = op_types(&claimed);
             let want: &[&str] = match form {
                 Form::Reshaped => &["Reshape", OP_TYPE],
                 Form::FourD => &[OP_TYPE],
@@ -861,32 +871,14 @@ mod tests {
             )
         };
         nodes.push(node("MatMul", &["p", "v"], "out", vec![]));
+        nodes.extend(extra);
         let heads = ["1", h.as_str(), s.as_str(), d.as_str()];
-        let mut outputs = vec![value_info("out", &port("out", &heads))];
-        for n in extra {
-            outputs.push(value_info(&n.output[0], &port(&n.output[0], &["x"])));
-            nodes.push(n);
-        }
-        ModelProto {
-            ir_version: 8,
-            opset_import: vec![OperatorSetIdProto {
-                domain: String::new(),
-                version: 17,
-            }],
-            graph: Some(GraphProto {
-                name: "encoder".into(),
-                node: nodes,
-                initializer,
-                input: vec![
-                    value_info("q", &port("q", &heads)),
-                    value_info("k", &port("k", &k_dims)),
-                    value_info("v", &port("v", &heads)),
-                ],
-                output: outputs,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
+        model(
+            nodes,
+            initializer,
+            &[("q", &heads), ("k", &k_dims), ("v", &heads)],
+            &heads,
+        )
     }
 
     #[test]
@@ -898,14 +890,7 @@ mod tests {
                 let mut claimed = original.clone();
                 let c = claim_encoder(claimed.graph.as_mut().unwrap()).expect("claimed");
                 assert_eq!(c.count, 1);
-                let ops: Vec<&str> = claimed
-                    .graph
-                    .as_ref()
-                    .unwrap()
-                    .node
-                    .iter()
-                    .map(|n| n.op_type.as_str())
-                    .collect();
+                let ops = op_types(&claimed);
                 let want: &[&str] = if sdpa {
                     &["Constant", "Constant", "Transpose", OP_TYPE]
                 } else {

@@ -17,7 +17,7 @@ use tract_onnx::model::{optional_inputs, ParsingContext};
 use tract_onnx::pb::{GraphProto, NodeProto};
 use tract_onnx::tract_hir::internal::*;
 
-use super::surgery::{remove_nodes, sole_reader};
+use super::surgery::{producer, remove_nodes, sole_reader};
 use crate::kernels::int8::{self, Bytes, PackedB};
 
 /// The op type of a claimed `MatMulInteger`.
@@ -119,12 +119,7 @@ struct Chain {
 /// cast read by nothing else.
 fn dynamic_chain(graph: &GraphProto, at: usize) -> Option<Chain> {
     let node = |at: usize| &graph.node[at];
-    let producer = |name: &str| {
-        graph
-            .node
-            .iter()
-            .position(|n| n.output.iter().any(|o| o == name))
-    };
+    let producer = |name: &str| producer(graph, name);
     // A damaged file may have nodes without inputs or outputs: `?`, never an index.
     let mmi = node(at);
     let (quantized, product) = (mmi.input.first()?, mmi.output.first()?);

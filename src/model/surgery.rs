@@ -302,6 +302,14 @@ pub fn sole_reader(graph: &GraphProto, name: &str) -> Option<usize> {
     (readers.next().is_none() && !is_output).then_some(first)
 }
 
+/// The index of the node that makes value `name`, if a node does.
+pub fn producer(graph: &GraphProto, name: &str) -> Option<usize> {
+    graph
+        .node
+        .iter()
+        .position(|n| n.output.iter().any(|o| o == name))
+}
+
 /// Removes the nodes at indices `doomed`, keeping the others in order.
 pub fn remove_nodes(graph: &mut GraphProto, doomed: &HashSet<usize>) {
     let mut at = 0;
