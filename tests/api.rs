@@ -174,3 +174,43 @@ fn a_time_budget_stops_decoding_cleanly() {
         assert!(!ample.truncated || ample.tokens.len() == full.tokens.len());
     }
 }
+
+/// Beam search keeps one cross-attention cache row per image while its rows stay grouped by
+/// image (model::attention); rows reordered out of that order make the session fall back to one
+/// copy per row. Either way each row's logits are those of its own sequence decoded alone.
+#[test]
+fn cross_cache_rows_follow_their_images_when_rows_leave_image_order() {
+    use tract_onnx::prelude::Tensor;
+    let m = model("trocr");
+    let graphs = m.graphs();
+    let states: Vec<Tensor> = ["rgb.png", "wide.jpg"]
+        .iter()
+        .map(|name| {
+            let pixels = m.load_image(&image(name)).unwrap();
+            graphs.encoder.run(&pixels).unwrap()
+        })
+        .collect();
+    let both = Tensor::stack_tensors(0, &states).unwrap();
+    // Rows of a session of both images: histories, starting from the decoder start token 2.
+    let mut session = graphs.decoder.session(both);
+    session.step(&[&[2], &[2]]).unwrap();
+    // Two beams per image, grouped (one cache row per image), then a step.
+    session.reorder(&[0, 0, 1, 1]).unwrap();
+    let rows: [&[u32]; 4] = [&[2, 5], &[2, 6], &[2, 7], &[2, 8]];
+    session.step(&rows).unwrap();
+    // Rows of images 0, 1, 0, 1: no longer grouped, so the cache is copied per row.
+    session.reorder(&[0, 2, 1, 3]).unwrap();
+    let rows: [&[u32]; 4] = [&[2, 5, 9], &[2, 7, 10], &[2, 6, 11], &[2, 8, 12]];
+    let logits = session.step(&rows).unwrap();
+    for (r, (row, image)) in rows.iter().zip([0, 1, 0, 1]).enumerate() {
+        let mut alone = graphs.decoder.session(states[image].clone());
+        let want = alone.step(&[row]).unwrap();
+        let worst = logits
+            .row(r)
+            .iter()
+            .zip(want.row(0))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-4, "row {r}: logits differ by {worst}");
+    }
+}

@@ -286,3 +286,33 @@ fn first_difference(got: &[u32], want: &[u32], gaps: &Value) -> (usize, Option<f
         .and_then(Value::as_f64);
     (step, gap)
 }
+
+/// A decoder prompt of several tokens (a Donut task prompt with a question, a user's prompt)
+/// gives the logits the no-past graph gives for the whole prefix, in every decoder form: the
+/// with-past graphs were traced with one new token and apply no causal mask among new tokens.
+#[test]
+fn prompts_of_several_tokens_decode_as_the_no_past_graph() {
+    use tract_onnx::prelude::Tensor;
+    for (arch, start) in [("trocr", 2u32), ("vitgpt2", 299), ("donut", 0)] {
+        let prompt = [start, 5, 9, 11];
+        let mut logits = Vec::new();
+        for form in [DecoderForm::NoPast, DecoderForm::Split, DecoderForm::Merged] {
+            let dir = assemble(arch, Dtype::Fp32, form, Layout::Optimum);
+            let model = open(dir.path(), Dtype::Fp32);
+            let graphs = model.graphs();
+            let pixels = model.load_image(&image("rgb.png")).unwrap();
+            let states: Tensor = graphs.encoder.run(&pixels).unwrap();
+            let mut session = graphs.decoder.session(states);
+            logits.push((form, session.step(&[&prompt]).unwrap().row(0).to_vec()));
+        }
+        let reference = &logits[0].1;
+        for (form, got) in &logits[1..] {
+            let worst = got
+                .iter()
+                .zip(reference)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-4, "{arch} {}: logits {worst} off", form.name());
+        }
+    }
+}
