@@ -21,10 +21,13 @@
 //! (eager): [`claim_encoder`] makes each one [`OP_TYPE`] node too.
 
 use tract_onnx::model::{optional_inputs, ParsingContext};
-use tract_onnx::pb::{tensor_shape_proto::dimension::Value, GraphProto, NodeProto, ValueInfoProto};
+use tract_onnx::pb::{
+    tensor_shape_proto::dimension::Value, GraphProto, ModelProto, NodeProto, ValueInfoProto,
+};
 use tract_onnx::tract_hir::internal::*;
 
 use std::collections::HashSet;
+use std::path::Path;
 
 use super::names;
 use super::surgery::{producer, remove_nodes, sole_reader};
@@ -150,6 +153,37 @@ fn rewrite(graph: &mut GraphProto, chains: Vec<Chain>) {
 pub fn undo(graph: &mut GraphProto, claimed: Claimed) {
     graph.node = claimed.nodes;
     graph.input = claimed.inputs;
+}
+
+/// Plans `proto` with the attention chains `claim` rewrites (`what` names them in the log), or,
+/// when tract will not plan the rewritten graph, as it was.
+pub fn plan_claimed<T>(
+    proto: &mut ModelProto,
+    path: &Path,
+    what: &str,
+    claim: impl FnOnce(&mut GraphProto) -> Option<Claimed>,
+    plan: impl Fn(&ModelProto) -> crate::error::Result<T>,
+) -> crate::error::Result<T> {
+    let Some(claimed) = proto.graph.as_mut().and_then(claim) else {
+        return plan(proto);
+    };
+    match plan(proto) {
+        Ok(planned) => {
+            log::debug!(
+                "{}: {} {what} on glance's kernel",
+                path.display(),
+                claimed.count
+            );
+            Ok(planned)
+        }
+        Err(e) => {
+            log::debug!("{}: {what} stay in tract ({e})", path.display());
+            if let Some(g) = proto.graph.as_mut() {
+                undo(g, claimed);
+            }
+            plan(proto)
+        }
+    }
 }
 
 /// Axis 0 of a cache input becomes [`names::CROSS_ROWS`], a symbol of its own.

@@ -213,36 +213,14 @@ impl Plans {
             batch_of_one: false,
         };
         // Self-attention on glance's kernel ([`attention::claim_encoder`]) where it is fast;
-        // f16 graphs keep tract's, as does a graph that does not plan with it.
-        let claimed = match proto.graph.as_mut() {
-            Some(g) if !self.rt.compute.keeps_f16() && attention::claims_encoders() => {
-                attention::claim_encoder(g)
-            }
-            _ => None,
+        // f16 graphs keep tract's.
+        let claim = |g: &mut tract_onnx::pb::GraphProto| {
+            let on = !self.rt.compute.keeps_f16() && attention::claims_encoders();
+            on.then(|| attention::claim_encoder(g)).flatten()
         };
-        let prepare =
-            |proto: &ModelProto| Graph::prepare(&self.path, proto, &shapes, self.rt.threads);
-        let g = match (prepare(&proto), claimed) {
-            (Ok(g), Some(claimed)) => {
-                log::debug!(
-                    "{}: {} self-attentions on glance's kernel",
-                    self.path.display(),
-                    claimed.count
-                );
-                g
-            }
-            (Err(e), Some(claimed)) => {
-                log::debug!(
-                    "{}: self-attention stays in tract ({e})",
-                    self.path.display()
-                );
-                if let Some(g) = proto.graph.as_mut() {
-                    attention::undo(g, claimed);
-                }
-                prepare(&proto)?
-            }
-            (planned, None) => planned?,
-        };
+        let g = attention::plan_claimed(&mut proto, &self.path, "self-attentions", claim, |p| {
+            Graph::prepare(&self.path, p, &shapes, self.rt.threads)
+        })?;
         made.push((shape.to_vec(), g.clone()));
         Ok(g)
     }

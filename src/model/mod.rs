@@ -213,33 +213,14 @@ enum Runs {
 fn plan_decoder(path: &Path, mut proto: ModelProto, rt: Runtime, runs: Runs) -> Result<Graph> {
     prepare_proto(&mut proto, path, rt.compute)?;
     // A step graph's cross-attention over the cache runs on glance's kernel, which lets beams
-    // share the cache ([`attention`]); f16 graphs keep tract's, as does a graph that does not
-    // plan with it.
-    let shared = match (runs, proto.graph.as_mut()) {
-        (Runs::EveryStep, Some(g)) if !rt.compute.keeps_f16() => attention::claim(g),
+    // share the cache ([`attention`]); f16 graphs keep tract's.
+    let claim = |g: &mut tract_onnx::pb::GraphProto| match runs {
+        Runs::EveryStep if !rt.compute.keeps_f16() => attention::claim(g),
         _ => None,
     };
-    let planned = plan_prepared(path, &proto, rt, runs);
-    let Some(claimed) = shared else {
-        return planned;
-    };
-    match planned {
-        Ok(graph) => {
-            log::debug!(
-                "{}: {} cross-attentions share their cache between beams",
-                path.display(),
-                claimed.count
-            );
-            Ok(graph)
-        }
-        Err(e) => {
-            log::debug!("{}: cross-attention stays in tract ({e})", path.display());
-            if let Some(g) = proto.graph.as_mut() {
-                attention::undo(g, claimed);
-            }
-            plan_prepared(path, &proto, rt, runs)
-        }
-    }
+    attention::plan_claimed(&mut proto, path, "cross-attentions", claim, |proto| {
+        plan_prepared(path, proto, rt, runs)
+    })
 }
 
 /// [`plan_decoder`] after the edits.
