@@ -49,6 +49,17 @@ pub struct Claimed {
     inputs: Vec<ValueInfoProto>,
 }
 
+impl Claimed {
+    /// What `graph` is before `count` chains are rewritten.
+    fn before(graph: &GraphProto, count: usize) -> Claimed {
+        Claimed {
+            count,
+            nodes: graph.node.clone(),
+            inputs: graph.input.clone(),
+        }
+    }
+}
+
 /// Rewrites every cross-attention over the cache into [`OP_TYPE`], or nothing: when one cache
 /// input is read some other way, rows could not share the cache, so no chain is claimed.
 pub fn claim(graph: &mut GraphProto) -> Option<Claimed> {
@@ -67,11 +78,7 @@ pub fn claim(graph: &mut GraphProto) -> Option<Claimed> {
     if chains.is_empty() || cross_inputs != 2 * chains.len() {
         return None;
     }
-    let before = Claimed {
-        count: chains.len(),
-        nodes: graph.node.clone(),
-        inputs: graph.input.clone(),
-    };
+    let before = Claimed::before(graph, chains.len());
     for c in &chains {
         for input in graph
             .input
@@ -101,11 +108,7 @@ pub fn claim_encoder(graph: &mut GraphProto) -> Option<Claimed> {
     if chains.is_empty() {
         return None;
     }
-    let before = Claimed {
-        count: chains.len(),
-        nodes: graph.node.clone(),
-        inputs: graph.input.clone(),
-    };
+    let before = Claimed::before(graph, chains.len());
     rewrite(graph, chains);
     Some(before)
 }
