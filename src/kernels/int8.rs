@@ -276,7 +276,7 @@ fn quantize(x: &[f32], m: usize, b: &PackedB) -> (PackedA, f32) {
 /// `q[i] = clamp(round_ties_even(x[i] / scale) + zero, 0, 255) - zero`.
 fn quantize_values(x: &[f32], scale: f32, zero: i32, q: &mut [i32]) {
     #[cfg(target_arch = "x86_64")]
-    if avx2() {
+    if super::avx2() {
         // SAFETY: AVX2 was detected; `q` is as long as `x`.
         return unsafe { avx2::quantize(x, scale, zero, q) };
     }
@@ -288,7 +288,7 @@ fn quantize_values(x: &[f32], scale: f32, zero: i32, q: &mut [i32]) {
 /// `(min(0, x), max(0, x))`.
 fn min_max(x: &[f32]) -> (f32, f32) {
     #[cfg(target_arch = "x86_64")]
-    if avx2() {
+    if super::avx2() {
         // SAFETY: AVX2 was detected.
         return unsafe { avx2::min_max(x) };
     }
@@ -420,7 +420,7 @@ unsafe fn write(
     cols: Range<usize>,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if cols.len() == TILE && avx2() {
+    if cols.len() == TILE && super::avx2() {
         return avx2::write(sums, zero, row_sum, out, row_at, cols.start);
     }
     for (j, col) in cols.enumerate() {
@@ -459,7 +459,7 @@ fn micro(a: &PackedA, r: usize, count: usize, b: &PackedB, t: usize, sums: &mut 
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if avx2() {
+    if super::avx2() {
         use avx2::micro as k;
         // SAFETY: AVX2 was detected; the tile holds `a.words_per_row` row pairs of PAIR_BYTES.
         unsafe {
@@ -494,27 +494,10 @@ fn micro(a: &PackedA, r: usize, count: usize, b: &PackedB, t: usize, sums: &mut 
     }
 }
 
-/// Whether the AVX2 kernel runs here (detected once).
-pub fn avx2() -> bool {
-    #[cfg(test)]
-    if tests::PORTABLE.get() {
-        return false;
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        static DETECTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *DETECTED.get_or_init(|| std::arch::is_x86_feature_detected!("avx2"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// Which VNNI the kernel uses here (detected once), if any.
 fn vnni() -> Option<Vnni> {
     #[cfg(test)]
-    if tests::PORTABLE.get() || tests::NO_VNNI.get() {
+    if super::tests::PORTABLE.get() || tests::NO_VNNI.get() {
         return None;
     }
     #[cfg(target_arch = "x86_64")]
@@ -726,17 +709,15 @@ mod tests {
     use std::cell::Cell;
 
     thread_local! {
-        /// Makes [`avx2`] false on this thread, so x86 runs test the portable code too.
-        pub static PORTABLE: Cell<bool> = const { Cell::new(false) };
         /// Makes [`vnni`] none on this thread, so VNNI CPUs test the AVX2 code too.
         pub static NO_VNNI: Cell<bool> = const { Cell::new(false) };
     }
 
     /// Runs `f` on the portable code, then (where the CPU has them) on AVX2 and VNNI.
     fn both_paths(f: impl Fn(&str)) {
-        PORTABLE.set(true);
+        crate::kernels::tests::PORTABLE.set(true);
         f("portable");
-        PORTABLE.set(false);
+        crate::kernels::tests::PORTABLE.set(false);
         NO_VNNI.set(true);
         f("avx2 where available");
         NO_VNNI.set(false);

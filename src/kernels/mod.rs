@@ -3,6 +3,38 @@
 pub mod attention;
 pub mod int8;
 
+/// Whether this CPU has AVX2 (detected once): the int8 kernel's and the attention kernel's
+/// x86 code.
+pub fn avx2() -> bool {
+    #[cfg(test)]
+    if tests::PORTABLE.get() {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        static DETECTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *DETECTED.get_or_init(|| std::arch::is_x86_feature_detected!("avx2"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether this CPU has AVX2 and fused multiply-adds (detected once): the attention kernel's
+/// blocked product.
+pub fn avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static DETECTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        avx2() && *DETECTED.get_or_init(|| std::arch::is_x86_feature_detected!("fma"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Runs `part` on all of `0..tasks`: in contiguous ranges on tract's thread pool when the work
 /// is worth waking it (`parallel`) and the plan being run has one (`RunOptions::executor`, the
 /// threads the user asked for), else in one call.
@@ -31,8 +63,11 @@ pub fn exp(x: f32) -> f32 {
     // ln of f32's smallest normal number: below it, e^x is 0 for softmax's purposes (and 2^n
     // below would not be a normal number), so it is clamped there.
     let x = x.max(-87.336_54);
-    // Round to nearest with the 1.5 * 2^23 trick (no rounding instruction needed).
-    let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+    // Round to nearest with the 1.5 * 2^23 trick (no rounding instruction needed): the low
+    // bits of `shifted` then hold n as an integer too.
+    const SHIFT: f32 = 12_582_912.0;
+    let shifted = x * std::f32::consts::LOG2_E + SHIFT;
+    let n = shifted - SHIFT;
     // x - n ln 2 in two parts, so the reduction loses nothing.
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
     let p = 1.987_569_1e-4;
@@ -42,14 +77,31 @@ pub fn exp(x: f32) -> f32 {
     let p = p * r + 0.166_666_65;
     let p = p * r + 0.5;
     let e = p * r * r + r + 1.0;
-    // 2^n from its exponent bits: n is in -126..=0 here.
-    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2^n from its exponent bits: n is in -126..=0 here. Read from `shifted`'s bits, not with
+    // `n as i32`, whose saturating conversion kept the loops calling this scalar (a third of
+    // an encoder's attention time went to its softmax).
+    let n_bits = shifted.to_bits().wrapping_sub(SHIFT.to_bits());
+    e * f32::from_bits(n_bits.wrapping_add(127) << 23)
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use std::cell::Cell;
     use std::sync::Mutex;
+
+    thread_local! {
+        /// Makes [`avx2`] false on this thread, so x86 runs test the portable code too.
+        pub static PORTABLE: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Runs `f` on the portable code, then on this CPU's vector code.
+    pub fn portable_then_native(f: impl Fn(&str)) {
+        PORTABLE.set(true);
+        f("portable");
+        PORTABLE.set(false);
+        f("native");
+    }
     use tract_linalg::multithread::{multithread_tract_scope, Executor};
 
     /// The ranges `split` runs, sorted: each task exactly once.

@@ -43,7 +43,7 @@ impl Compute {
     pub fn integers(self) -> Integers {
         let fast = if tract_int8_is_fast() {
             Some(Integers::Tract)
-        } else if crate::kernels::int8::avx2() {
+        } else if crate::kernels::avx2() {
             Some(Integers::Glance)
         } else {
             None

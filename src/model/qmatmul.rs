@@ -333,7 +333,11 @@ impl Op for QMatMul {
             "[{}, {}] weights, {} kernel",
             self.b.k(),
             self.b.n(),
-            if int8::avx2() { "AVX2" } else { "portable" }
+            if crate::kernels::avx2() {
+                "AVX2"
+            } else {
+                "portable"
+            }
         )])
     }
 
