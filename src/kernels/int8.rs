@@ -226,25 +226,38 @@ struct PackedA {
 }
 
 impl PackedA {
-    /// For `b`, from `[m, k]` activations: `value(i)` gives `a[i]` as an unsigned byte (0..=255)
-    /// and `zero` its zero point.
-    fn new(m: usize, k: usize, b: &PackedB, value: impl Fn(usize) -> i32, zero: i32) -> PackedA {
-        let per_word = if b.quads.is_some() { 4 } else { 2 };
-        let words_per_row = k.div_ceil(per_word);
+    /// For `b`, from row-major `[m, k]` activations as unsigned bytes and their zero point.
+    fn new(m: usize, k: usize, b: &PackedB, bytes: &[u8], zero: i32) -> PackedA {
+        let quads = b.quads.is_some();
+        let words_per_row = k.div_ceil(if quads { 4 } else { 2 });
         let mut words = vec![0i32; m * words_per_row];
         let mut sums = vec![0i32; m];
-        for (r, sum) in sums.iter_mut().enumerate() {
-            let row = &mut words[r * words_per_row..(r + 1) * words_per_row];
-            for (j, word) in row.iter_mut().enumerate() {
-                let at = j * per_word;
-                let values = (at..(at + per_word).min(k)).map(|i| value(r * k + i));
-                for (i, v) in values.enumerate() {
-                    *sum = sum.wrapping_add(v - zero);
-                    *word |= if per_word == 4 {
-                        v << (8 * i)
-                    } else {
-                        ((v - zero) as u16 as i32) << (16 * i)
-                    };
+        let rows = bytes
+            .chunks_exact(k)
+            .zip(words.chunks_exact_mut(words_per_row));
+        for ((row, words), sum) in rows.zip(&mut sums) {
+            // `sum (a - a0)` as the wrapping i32 sums of the products wrap.
+            let total = row.iter().fold(0u32, |t, &v| t.wrapping_add(v as u32));
+            *sum = (total as i32).wrapping_sub((k as i32).wrapping_mul(zero));
+            // Whole words in fixed-size pieces (vectorised), then the last one, if partial.
+            if quads {
+                let (whole, rest) = row.as_chunks::<4>();
+                for (word, four) in words.iter_mut().zip(whole) {
+                    *word = i32::from_le_bytes(*four);
+                }
+                if !rest.is_empty() {
+                    let mut four = [0u8; 4];
+                    four[..rest.len()].copy_from_slice(rest);
+                    words[whole.len()] = i32::from_le_bytes(four);
+                }
+            } else {
+                let pair = |lo: u8, hi: i32| ((lo as i32 - zero) as u16 as i32) | (hi << 16);
+                let (whole, rest) = row.as_chunks::<2>();
+                for (word, &[lo, hi]) in words.iter_mut().zip(whole) {
+                    *word = pair(lo, hi as i32 - zero);
+                }
+                if let [lo] = rest {
+                    words[whole.len()] = pair(*lo, 0);
                 }
             }
         }
@@ -252,7 +265,7 @@ impl PackedA {
             words_per_row,
             words,
             sums,
-            zero: if per_word == 4 { zero } else { 0 },
+            zero: if quads { zero } else { 0 },
         }
     }
 
@@ -262,27 +275,31 @@ impl PackedA {
 }
 
 /// ONNX `DynamicQuantizeLinear` of `x` (one scale for the whole tensor), packed: returns the
-/// quantized values minus their zero point, and the scale. The same arithmetic as tract's
-/// operator (`x / scale`, ties to even), so the integers are the ones the graph would make.
+/// quantized values and the scale. The same arithmetic as tract's operator (`x / scale`, ties
+/// to even), so the integers are the ones the graph would make.
 fn quantize(x: &[f32], m: usize, b: &PackedB) -> (PackedA, f32) {
     let (min, max) = min_max(x);
     let scale = (max - min) / 255.0;
     let zero = (-min / scale).round_ties_even().clamp(0.0, 255.0) as i32;
-    let mut q = vec![0i32; x.len()];
+    let mut q = vec![0u8; x.len()];
     quantize_values(x, scale, zero, &mut q);
-    (PackedA::new(m, b.k, b, |i| q[i] + zero, zero), scale)
+    (PackedA::new(m, b.k, b, &q, zero), scale)
 }
 
-/// `q[i] = clamp(round_ties_even(x[i] / scale) + zero, 0, 255) - zero`.
-fn quantize_values(x: &[f32], scale: f32, zero: i32, q: &mut [i32]) {
+/// `q[i] = clamp(round_ties_even(x[i] / scale) + zero, 0, 255)`.
+fn quantize_values(x: &[f32], scale: f32, zero: i32, q: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
     if super::avx2() {
         // SAFETY: AVX2 was detected; `q` is as long as `x`.
         return unsafe { avx2::quantize(x, scale, zero, q) };
     }
     for (q, &v) in q.iter_mut().zip(x) {
-        *q = ((v / scale).round_ties_even() as i32 + zero).clamp(0, 255) - zero;
+        *q = quantize_value(v, scale, zero);
     }
+}
+
+fn quantize_value(x: f32, scale: f32, zero: i32) -> u8 {
+    ((x / scale).round_ties_even() as i32 + zero).clamp(0, 255) as u8
 }
 
 /// `(min(0, x), max(0, x))`.
@@ -315,8 +332,12 @@ pub fn matmul(a: Bytes, a0: i32, m: usize, b: &PackedB, c: &mut [i32]) -> Result
         return Err(format!("activation zero point {a0} is not 8-bit"));
     }
     // Unsigned bytes and their zero point: `a - a0` is the same.
-    let shift = if a.signed { 128 } else { 0 };
-    let packed = PackedA::new(m, b.k, b, |i| a.get(i) + shift, a0 + shift);
+    let packed = if a.signed {
+        let bytes: Vec<u8> = a.values.iter().map(|v| v ^ 0x80).collect();
+        PackedA::new(m, b.k, b, &bytes, a0 + 128)
+    } else {
+        PackedA::new(m, b.k, b, a.values, a0)
+    };
     run(&packed, m, b, Out::I32(c.as_mut_ptr()));
     Ok(())
 }
@@ -381,24 +402,21 @@ unsafe fn tiles_of(a: &PackedA, m: usize, b: &PackedB, tiles: Range<usize>, out:
         let rows = rows..(rows + block).min(m);
         for tile in tiles.clone() {
             let cols = tile * TILE..((tile + 1) * TILE).min(b.n);
-            let zero = b.zero.as_deref().map(|z| &z[cols.clone()]);
+            let zeros = Zeros {
+                b0: b.zero.as_deref().map(|z| &z[cols.clone()]),
+                column_sums: b.quads.as_ref().filter(|_| a.zero != 0).map(|q| {
+                    let sums: &[i32] = &q.column_sums[cols.clone()];
+                    (sums, a.zero)
+                }),
+            };
             let mut r = rows.start;
             while r < rows.end {
                 let count = (rows.end - r).min(MR);
                 let mut sums = [[0i32; TILE]; MR];
                 micro(a, r, count, b, tile, &mut sums);
-                if let Some(q) = b.quads.as_ref().filter(|_| a.zero != 0) {
-                    // The activations' zero point: `- a0 * sum b'` per column.
-                    let column_sums = &q.column_sums[cols.clone()];
-                    for row_sums in sums.iter_mut().take(count) {
-                        for (s, &c) in row_sums.iter_mut().zip(column_sums) {
-                            *s = s.wrapping_sub(a.zero.wrapping_mul(c));
-                        }
-                    }
-                }
                 for (i, row_sums) in sums.iter().enumerate().take(count) {
                     let row = r + i;
-                    write(row_sums, zero, a.sums[row], out, row * b.n, cols.clone());
+                    write(row_sums, zeros, a.sums[row], out, row * b.n, cols.clone());
                 }
                 r += count;
             }
@@ -406,14 +424,23 @@ unsafe fn tiles_of(a: &PackedA, m: usize, b: &PackedB, tiles: Range<usize>, out:
     }
 }
 
-/// Applies the weights' zero points (`zero`, per column of `cols`) to one row of sums and
-/// writes columns `cols` of the output row starting at `row_at`.
+/// The zero points a tile's sums still need, per column of the tile.
+#[derive(Clone, Copy)]
+struct Zeros<'a> {
+    /// The weights' (`- b0 * sum (a - a0)`, with each row's sum).
+    b0: Option<&'a [i32]>,
+    /// With VNNI, the activations' (`- a0 * sum b'`): the columns' sums of weights, and `a0`.
+    column_sums: Option<(&'a [i32], i32)>,
+}
+
+/// Applies the zero points to one row of sums and writes columns `cols` of the output row
+/// starting at `row_at`.
 ///
 /// # Safety
 /// As [`tiles_of`].
 unsafe fn write(
     sums: &[i32; TILE],
-    zero: Option<&[i32]>,
+    zeros: Zeros,
     row_sum: i32,
     out: Out,
     row_at: usize,
@@ -421,13 +448,16 @@ unsafe fn write(
 ) {
     #[cfg(target_arch = "x86_64")]
     if cols.len() == TILE && super::avx2() {
-        return avx2::write(sums, zero, row_sum, out, row_at, cols.start);
+        return avx2::write(sums, zeros, row_sum, out, row_at, cols.start);
     }
     for (j, col) in cols.enumerate() {
-        let v = match zero {
-            Some(zero) => sums[j].wrapping_sub(zero[j].wrapping_mul(row_sum)),
-            None => sums[j],
-        };
+        let mut v = sums[j];
+        if let Some((column_sums, a0)) = zeros.column_sums {
+            v = v.wrapping_sub(a0.wrapping_mul(column_sums[j]));
+        }
+        if let Some(b0) = zeros.b0 {
+            v = v.wrapping_sub(b0[j].wrapping_mul(row_sum));
+        }
         match out {
             Out::I32(c) => *c.add(row_at + col) = v,
             Out::F32(y, scales) => *y.add(row_at + col) = v as f32 * scales[col],
@@ -522,7 +552,7 @@ fn vnni() -> Option<Vnni> {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Out, PackedA, MR, NR, PAIR_BYTES, QUAD_BYTES, TILE};
+    use super::{Out, PackedA, Zeros, MR, NR, PAIR_BYTES, QUAD_BYTES, TILE};
     use std::arch::x86_64::*;
 
     /// How far ahead of its loads the kernel prefetches a tile (measured on the LM head shapes,
@@ -536,7 +566,7 @@ mod avx2 {
     #[target_feature(enable = "avx2")]
     pub unsafe fn write(
         sums: &[i32; TILE],
-        zero: Option<&[i32]>,
+        zeros: Zeros,
         row_sum: i32,
         out: Out,
         row_at: usize,
@@ -544,10 +574,17 @@ mod avx2 {
     ) {
         let load = |v: &[i32], at: usize| _mm256_loadu_si256(v.as_ptr().add(at) as *const __m256i);
         let mut v = [load(sums, 0), load(sums, NR)];
-        if let Some(zero) = zero {
+        if let Some((column_sums, a0)) = zeros.column_sums {
+            let a0 = _mm256_set1_epi32(a0);
+            for (half, v) in v.iter_mut().enumerate() {
+                let c = load(column_sums, half * NR);
+                *v = _mm256_sub_epi32(*v, _mm256_mullo_epi32(c, a0));
+            }
+        }
+        if let Some(b0) = zeros.b0 {
             let s = _mm256_set1_epi32(row_sum);
             for (half, v) in v.iter_mut().enumerate() {
-                *v = _mm256_sub_epi32(*v, _mm256_mullo_epi32(load(zero, half * NR), s));
+                *v = _mm256_sub_epi32(*v, _mm256_mullo_epi32(load(b0, half * NR), s));
             }
         }
         for (half, v) in v.into_iter().enumerate() {
@@ -562,29 +599,32 @@ mod avx2 {
         }
     }
 
-    /// `q[i] = clamp(round_ties_even(x[i] / scale) + zero, 0, 255) - zero`.
+    /// `q[i] = clamp(round_ties_even(x[i] / scale) + zero, 0, 255)`, 32 values at a time.
     ///
     /// # Safety
     /// The CPU has AVX2; `q` is as long as `x`.
     #[target_feature(enable = "avx2")]
-    pub unsafe fn quantize(x: &[f32], scale: f32, zero: i32, q: &mut [i32]) {
+    pub unsafe fn quantize(x: &[f32], scale: f32, zero: i32, q: &mut [u8]) {
         let (s, z) = (_mm256_set1_ps(scale), _mm256_set1_epi32(zero));
-        let (lo, hi) = (_mm256_setzero_si256(), _mm256_set1_epi32(255));
-        let whole = x.len() / 8 * 8;
-        for i in (0..whole).step_by(8) {
-            let v = _mm256_div_ps(_mm256_loadu_ps(x.as_ptr().add(i)), s);
+        let eight = |at: usize| {
+            let v = _mm256_div_ps(_mm256_loadu_ps(x.as_ptr().add(at)), s);
             let v = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
             // NaN (a tensor of zeros: scale 0) converts to i32::MIN here and to 0 in Rust;
-            // the zero point is then 0 and both clamp to 0.
-            let v = _mm256_add_epi32(_mm256_cvtps_epi32(v), z);
-            let v = _mm256_min_epi32(_mm256_max_epi32(v, lo), hi);
-            _mm256_storeu_si256(
-                q.as_mut_ptr().add(i) as *mut __m256i,
-                _mm256_sub_epi32(v, z),
-            );
+            // the zero point is then 0 and both saturate to 0.
+            _mm256_add_epi32(_mm256_cvtps_epi32(v), z)
+        };
+        // The packs saturate (to i16, then to 0..=255: the clamp) within 128-bit lanes; the
+        // permutation puts the four groups of eight back in order.
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        let whole = x.len() / 32 * 32;
+        for i in (0..whole).step_by(32) {
+            let low = _mm256_packs_epi32(eight(i), eight(i + 8));
+            let high = _mm256_packs_epi32(eight(i + 16), eight(i + 24));
+            let bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(low, high), order);
+            _mm256_storeu_si256(q.as_mut_ptr().add(i) as *mut __m256i, bytes);
         }
         for i in whole..x.len() {
-            q[i] = ((x[i] / scale).round_ties_even() as i32 + zero).clamp(0, 255) - zero;
+            q[i] = super::quantize_value(x[i], scale, zero);
         }
     }
 
@@ -817,7 +857,7 @@ mod tests {
     #[test]
     fn dynamic_products_match_quantize_then_multiply() {
         both_paths(|path| {
-            // 12 x 19 values: AVX2 quantizes 8 at a time, then a tail of 4.
+            // 12 x 19 values: AVX2 quantizes 32 at a time, then a tail of 4.
             let (m, k, n) = (12, 19, 21);
             let x: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 37 % 101) as f32 - 60.0) * 0.173)
