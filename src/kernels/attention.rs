@@ -62,6 +62,45 @@ impl Dims {
     }
 }
 
+/// The keys, in one of two layouts.
+#[derive(Debug, Clone, Copy)]
+pub enum Keys<'a> {
+    /// `[groups, heads, keys, depth]`, the values' layout.
+    Rows(&'a [f32]),
+    /// `[groups, heads, depth, keys]`: GPT-2's cross-attention keys, cut from the step graph
+    /// where the export had transposed them for its product.
+    Transposed(&'a [f32]),
+}
+
+impl<'a> Keys<'a> {
+    fn values(&self) -> &'a [f32] {
+        match *self {
+            Keys::Rows(k) | Keys::Transposed(k) => k,
+        }
+    }
+
+    fn transposed(&self) -> bool {
+        matches!(self, Keys::Transposed(_))
+    }
+}
+
+/// Values added to the scores before the softmax (an attention mask: 0 where a key is seen, a
+/// large negative number where not), broadcast over rows, heads and query positions: the
+/// scores of `(row, head, query)` get the `keys` values from `row * strides[0] + head *
+/// strides[1] + query * strides[2]` on.
+#[derive(Debug, Clone, Copy)]
+pub struct Mask<'a> {
+    pub values: &'a [f32],
+    pub strides: [usize; 3],
+}
+
+impl Mask<'_> {
+    /// Where the keys' values of row `row`, head `head`, query `query` start.
+    fn at(&self, row: usize, head: usize, query: usize) -> usize {
+        row * self.strides[0] + head * self.strides[1] + query * self.strides[2]
+    }
+}
+
 /// Below this many multiply-adds a call runs on one thread: waking a pool costs more.
 const PARALLEL_MACS: usize = 1 << 18;
 
@@ -78,12 +117,13 @@ const TILE_ROWS: usize = 6;
 const TILE_COLS: usize = 16;
 const _: () = assert!(CHUNK_ROWS.is_multiple_of(TILE_ROWS));
 
-/// `out = softmax(q (key_scale k)^T) v` for every row and head.
+/// `out = softmax(q (key_scale k)^T + mask) v` for every row and head.
 pub fn attend(
     q: &[f32],
     key_scale: f32,
-    k: &[f32],
+    keys: Keys,
     v: &[f32],
+    mask: Option<Mask>,
     dims: Dims,
     out: &mut [f32],
 ) -> Result<(), String> {
@@ -94,12 +134,24 @@ pub fn attend(
             out.len()
         ));
     }
+    let k = keys.values();
     if k.len() != dims.key_len() || v.len() != k.len() {
         return Err(format!(
             "attention over {} keys and {} values for {dims:?}",
             k.len(),
             v.len()
         ));
+    }
+    let rows = dims.groups * dims.per_group;
+    if let Some(mask) = mask.filter(|_| rows * dims.heads * dims.queries > 0) {
+        let last = mask.at(rows - 1, dims.heads - 1, dims.queries - 1) + dims.keys;
+        if last > mask.values.len() {
+            return Err(format!(
+                "a mask of {} values with strides {:?} for {dims:?}",
+                mask.values.len(),
+                mask.strides
+            ));
+        }
     }
     if dims.keys == 0 || dims.depth == 0 || q.is_empty() {
         // Softmax over no keys is undefined; the exports never ask for it.
@@ -114,8 +166,9 @@ pub fn attend(
     let operands = Operands {
         q,
         key_scale,
-        k,
+        keys,
         v,
+        mask,
         packed: None,
         dims,
     };
@@ -128,7 +181,7 @@ pub fn attend(
     PACKED.with(|cell| {
         let (mut borrowed, mut own) = (cell.try_borrow_mut(), Vec::new());
         let buffer = borrowed.as_deref_mut().unwrap_or(&mut own);
-        let packed = Packed::new(k, v, dims, buffer, parallel);
+        let packed = Packed::new(keys, v, dims, buffer, parallel);
         let operands = Operands {
             packed: Some(&packed),
             ..operands
@@ -175,6 +228,8 @@ struct Scratch {
     q: Vec<f32>,
     scores: Vec<f32>,
     out: Vec<f32>,
+    /// The mask's values for the task's rows, `[rows, keys]`.
+    mask: Vec<f32>,
 }
 
 thread_local! {
@@ -187,8 +242,9 @@ thread_local! {
 struct Operands<'a> {
     q: &'a [f32],
     key_scale: f32,
-    k: &'a [f32],
+    keys: Keys<'a>,
     v: &'a [f32],
+    mask: Option<Mask<'a>>,
     /// For the blocked product.
     packed: Option<&'a Packed<'a>>,
     dims: Dims,
@@ -207,7 +263,8 @@ struct Packed<'a> {
 
 impl<'a> Packed<'a> {
     /// Lays out `k` and `v` in `buffer`, the heads on the thread pool when `parallel`.
-    fn new(k: &[f32], v: &[f32], dims: Dims, buffer: &'a mut Vec<f32>, parallel: bool) -> Self {
+    fn new(keys_in: Keys, v: &[f32], dims: Dims, buffer: &'a mut Vec<f32>, parallel: bool) -> Self {
+        let k = keys_in.values();
         let (keys, d) = (dims.keys, dims.depth);
         let keys_len = keys.div_ceil(TILE_COLS) * d * TILE_COLS;
         let values_len = d.div_ceil(TILE_COLS) * TILE_COLS * keys;
@@ -231,7 +288,7 @@ impl<'a> Packed<'a> {
                         std::slice::from_raw_parts_mut(at.1 .0.add(h * values_len), values_len),
                     )
                 };
-                pack_head(k, v, d, keys_t, values);
+                pack_head(k, keys_in.transposed(), v, d, keys_t, values);
             }
         });
         Packed {
@@ -251,8 +308,16 @@ impl<'a> Packed<'a> {
     }
 }
 
-/// One head's keys and values (`[keys, d]` each) in [`Packed`]'s layout.
-fn pack_head(k: &[f32], v: &[f32], d: usize, keys_t: &mut [f32], values: &mut [f32]) {
+/// One head's keys (`[keys, d]`, or `[d, keys]` when `transposed`) and values (`[keys, d]`) in
+/// [`Packed`]'s layout.
+fn pack_head(
+    k: &[f32],
+    transposed: bool,
+    v: &[f32],
+    d: usize,
+    keys_t: &mut [f32],
+    values: &mut [f32],
+) {
     let keys = k.len() / d;
     if !keys.is_multiple_of(TILE_COLS) {
         let last = keys_t.len() - d * TILE_COLS;
@@ -262,10 +327,18 @@ fn pack_head(k: &[f32], v: &[f32], d: usize, keys_t: &mut [f32], values: &mut [f
         let last = values.len() - keys * TILE_COLS;
         values[last..].fill(0.0);
     }
-    for (j, key) in k.chunks_exact(d).enumerate() {
-        let (tile, x) = (j / TILE_COLS, j % TILE_COLS);
-        for (c, &value) in key.iter().enumerate() {
-            keys_t[(tile * d + c) * TILE_COLS + x] = value;
+    if transposed {
+        for (c, depth) in k.chunks_exact(keys).enumerate() {
+            for (j, &value) in depth.iter().enumerate() {
+                keys_t[((j / TILE_COLS) * d + c) * TILE_COLS + j % TILE_COLS] = value;
+            }
+        }
+    } else {
+        for (j, key) in k.chunks_exact(d).enumerate() {
+            let (tile, x) = (j / TILE_COLS, j % TILE_COLS);
+            for (c, &value) in key.iter().enumerate() {
+                keys_t[(tile * d + c) * TILE_COLS + x] = value;
+            }
         }
     }
     for (j, value) in v.chunks_exact(d).enumerate() {
@@ -283,8 +356,9 @@ unsafe fn run_task(operands: &Operands, task: usize, out: *mut f32, scratch: &mu
     let Operands {
         q,
         key_scale,
-        k,
+        keys,
         v,
+        mask,
         packed,
         dims,
     } = *operands;
@@ -311,23 +385,34 @@ unsafe fn run_task(operands: &Operands, task: usize, out: *mut f32, scratch: &mu
         // q . (c k) as (c q) . k: the keys are read as they are.
         scratch.q.iter_mut().for_each(|x| *x *= key_scale);
     }
+    scratch.mask.clear();
+    if let Some(mask) = mask {
+        for i in rows.clone() {
+            let beam = group * dims.per_group + i / dims.queries;
+            let at = mask.at(beam, head, i % dims.queries);
+            scratch
+                .mask
+                .extend_from_slice(&mask.values[at..at + dims.keys]);
+        }
+    }
     // Values per row of `scratch.out`.
     let stride = if let Some(packed) = packed {
         let (keys_t, values) = packed.head(group_head);
         blocked(keys_t, values, rows.len(), dims.keys, d, scratch)
     } else {
         let kv = group_head * dims.keys * d..(group_head + 1) * dims.keys * d;
-        let (k, v) = (&k[kv.clone()], &v[kv]);
+        let (k, v) = (&keys.values()[kv.clone()], &v[kv]);
         scratch.scores.resize(rows.len() * dims.keys, 0.0);
         scratch.out.resize(rows.len() * d, 0.0);
         head_attention(
             &scratch.q,
-            k,
+            (k, keys.transposed()),
             v,
             rows.len(),
             d,
             &mut scratch.scores,
             &mut scratch.out,
+            &scratch.mask,
         );
         d
     };
@@ -338,42 +423,63 @@ unsafe fn run_task(operands: &Operands, task: usize, out: *mut f32, scratch: &mu
     }
 }
 
-/// One head: `rows` queries of `d` values against `k` and `v` (`[keys, d]` each).
+/// One head: `rows` queries of `d` values against `k` and `v` (`[keys, d]` each), `mask`
+/// (`[rows, keys]`, or empty) added to the scores.
+#[allow(clippy::too_many_arguments)]
 fn head_attention(
     q: &[f32],
-    k: &[f32],
+    k: (&[f32], bool),
     v: &[f32],
     rows: usize,
     d: usize,
     scores: &mut [f32],
     out: &mut [f32],
+    mask: &[f32],
 ) {
     #[cfg(target_arch = "x86_64")]
     if super::avx2() {
         // SAFETY: the CPU has AVX2.
-        return unsafe { avx2::head_attention(q, k, v, rows, d, scores, out) };
+        return unsafe { avx2::head_attention(q, k, v, rows, d, scores, out, mask) };
     }
-    head_attention_any(q, k, v, rows, d, scores, out)
+    head_attention_any(q, k, v, rows, d, scores, out, mask)
 }
 
 /// The code of [`head_attention`], compiled again with AVX2 enabled where the CPU has it:
 /// plain loops that the compiler vectorises for whichever instructions it may use.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn head_attention_any(
     q: &[f32],
-    k: &[f32],
+    (k, transposed): (&[f32], bool),
     v: &[f32],
     rows: usize,
     d: usize,
     scores: &mut [f32],
     out: &mut [f32],
+    mask: &[f32],
 ) {
     let keys = k.len() / d;
-    // Keys outermost: each key is read once for all rows of the group.
-    for (s, key) in k.chunks_exact(d).enumerate() {
-        for r in 0..rows {
-            scores[r * keys + s] = dot(&q[r * d..(r + 1) * d], key);
+    if transposed {
+        // Depth outermost, a row of keys at a time: sums over the keys in vector lanes.
+        scores[..rows * keys].fill(0.0);
+        for (c, depth) in k.chunks_exact(keys).enumerate() {
+            for (r, row) in scores[..rows * keys].chunks_exact_mut(keys).enumerate() {
+                let a = q[r * d + c];
+                for (s, &x) in row.iter_mut().zip(depth) {
+                    *s += a * x;
+                }
+            }
         }
+    } else {
+        // Keys outermost: each key is read once for all rows of the group.
+        for (s, key) in k.chunks_exact(d).enumerate() {
+            for r in 0..rows {
+                scores[r * keys + s] = dot(&q[r * d..(r + 1) * d], key);
+            }
+        }
+    }
+    for (s, m) in scores[..rows * keys].iter_mut().zip(mask) {
+        *s += m;
     }
     for row in scores[..rows * keys].chunks_exact_mut(keys) {
         softmax(row);
@@ -446,6 +552,7 @@ fn blocked(
         q: &s.q,
         keys_t,
         values,
+        mask: &s.mask,
         keys,
         d,
     };
@@ -482,6 +589,8 @@ struct Tiles<'a> {
     q: &'a [f32],
     keys_t: &'a [f32],
     values: &'a [f32],
+    /// Added to the scores: `[rows, keys]` (rows not padded), or empty.
+    mask: &'a [f32],
     keys: usize,
     d: usize,
 }
@@ -511,9 +620,17 @@ fn blocked_tiles(
     let keys_padded = scores.len() / TILE_ROWS;
     let d_padded = d.next_multiple_of(TILE_COLS);
     let out_tiles = out.chunks_exact_mut(TILE_ROWS * d_padded);
+    let mut masks = t.mask.chunks(TILE_ROWS * keys);
     for (q, out) in t.q.chunks_exact(TILE_ROWS * d).zip(out_tiles) {
         for (j, keys_t) in t.keys_t.chunks_exact(d * TILE_COLS).enumerate() {
             tile(q, d, keys_t, &mut scores[j * TILE_COLS..], keys_padded);
+        }
+        // The last tile's mask has only the rows that are not padding.
+        let mask = masks.next().unwrap_or_default().chunks_exact(keys);
+        for (row, mask) in scores.chunks_exact_mut(keys_padded).zip(mask) {
+            for (s, m) in row.iter_mut().zip(mask) {
+                *s += m;
+            }
         }
         for row in scores.chunks_exact_mut(keys_padded) {
             softmax(&mut row[..keys]);
@@ -576,16 +693,18 @@ mod avx2 {
     /// # Safety
     /// The CPU must have AVX2.
     #[target_feature(enable = "avx2")]
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn head_attention(
         q: &[f32],
-        k: &[f32],
+        k: (&[f32], bool),
         v: &[f32],
         rows: usize,
         d: usize,
         scores: &mut [f32],
         out: &mut [f32],
+        mask: &[f32],
     ) {
-        super::head_attention_any(q, k, v, rows, d, scores, out)
+        super::head_attention_any(q, k, v, rows, d, scores, out, mask)
     }
 
     /// [`super::blocked_tiles`] with AVX2 and fused multiply-adds, on [`tile`].
@@ -651,6 +770,17 @@ mod tests {
     use super::*;
 
     fn reference(q: &[f32], c: f32, k: &[f32], v: &[f32], dims: Dims) -> Vec<f32> {
+        masked_reference(q, c, k, v, None, dims)
+    }
+
+    fn masked_reference(
+        q: &[f32],
+        c: f32,
+        k: &[f32],
+        v: &[f32],
+        mask: Option<Mask>,
+        dims: Dims,
+    ) -> Vec<f32> {
         let d = dims.depth;
         let mut out = vec![0f32; q.len()];
         for row in 0..dims.groups * dims.per_group {
@@ -659,11 +789,14 @@ mod tests {
                 for t in 0..dims.queries {
                     let qa = ((row * dims.heads + h) * dims.queries + t) * d;
                     let kv = (g * dims.heads + h) * dims.keys * d;
+                    let added =
+                        |s: usize| mask.map_or(0.0, |m| m.values[m.at(row, h, t) + s] as f64);
                     let scores: Vec<f64> = (0..dims.keys)
                         .map(|s| {
                             (0..d)
                                 .map(|i| q[qa + i] as f64 * (c * k[kv + s * d + i]) as f64)
-                                .sum()
+                                .sum::<f64>()
+                                + added(s)
                         })
                         .collect();
                     let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -769,7 +902,7 @@ mod tests {
                 let want = reference(&q, c, &k, &v, dims);
                 crate::kernels::tests::portable_then_native(|path| {
                     let mut got = vec![f32::NAN; q.len()];
-                    attend(&q, c, &k, &v, dims, &mut got).unwrap();
+                    attend(&q, c, Keys::Rows(&k), &v, None, dims, &mut got).unwrap();
                     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                         assert!(
                             (g - w).abs() <= 1e-5,
@@ -778,6 +911,77 @@ mod tests {
                     }
                 });
             }
+        }
+    }
+
+    #[test]
+    fn masks_are_added_and_transposed_keys_read() {
+        for dims in [
+            // Beams at a step, and beams over a prompt of three positions.
+            Dims {
+                groups: 2,
+                per_group: 2,
+                heads: 3,
+                queries: 3,
+                keys: 11,
+                depth: 8,
+            },
+            // Blocked: rows not whole tiles, keys not whole tiles.
+            Dims {
+                groups: 1,
+                per_group: 1,
+                heads: 2,
+                queries: 70,
+                keys: 37,
+                depth: 16,
+            },
+        ] {
+            let rows = dims.groups * dims.per_group;
+            let (q, k, v) = (
+                values(dims.query_len(), 4),
+                values(dims.key_len(), 5),
+                values(dims.key_len(), 6),
+            );
+            // Per row and query position, the same for every head; some keys hidden with
+            // torch's finfo(float32).min, as the exports do.
+            let mut m: Vec<f32> = values(rows * dims.queries * dims.keys, 7)
+                .iter()
+                .map(|x| 2.0 * x)
+                .collect();
+            for x in m.iter_mut().step_by(5) {
+                *x = f32::MIN;
+            }
+            let mask = Mask {
+                values: &m,
+                strides: [dims.queries * dims.keys, 0, dims.keys],
+            };
+            let want = masked_reference(&q, 0.5, &k, &v, Some(mask), dims);
+            // Keys as they are, and transposed per head (GPT-2's cut cache).
+            let k_t: Vec<f32> = k
+                .chunks_exact(dims.keys * dims.depth)
+                .flat_map(|head| {
+                    (0..dims.depth)
+                        .flat_map(move |c| (0..dims.keys).map(move |j| head[j * dims.depth + c]))
+                })
+                .collect();
+            for keys in [Keys::Rows(&k), Keys::Transposed(&k_t)] {
+                crate::kernels::tests::portable_then_native(|path| {
+                    let mut got = vec![f32::NAN; q.len()];
+                    attend(&q, 0.5, keys, &v, Some(mask), dims, &mut got).unwrap();
+                    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (g - w).abs() <= 1e-5,
+                            "{path} {keys:?}: {dims:?} at {i}: {g} vs {w}"
+                        );
+                    }
+                });
+            }
+            let short = Mask {
+                values: &m[1..],
+                ..mask
+            };
+            let mut out = vec![0.0; q.len()];
+            assert!(attend(&q, 0.5, Keys::Rows(&k), &v, Some(short), dims, &mut out).is_err());
         }
     }
 
@@ -792,7 +996,7 @@ mod tests {
             );
             let run = || {
                 let mut out = vec![0f32; q.len()];
-                attend(&q, scale, &k, &v, dims, &mut out).unwrap();
+                attend(&q, scale, Keys::Rows(&k), &v, None, dims, &mut out).unwrap();
                 out
             };
             let alone = run();
@@ -835,9 +1039,27 @@ mod tests {
             depth: 2,
         };
         let mut out = vec![0.0; 4];
-        assert!(attend(&[0.0; 4], 1.0, &[0.0; 5], &[0.0; 6], dims, &mut out).is_err());
-        assert!(attend(&[0.0; 3], 1.0, &[0.0; 6], &[0.0; 6], dims, &mut out).is_err());
+        assert!(attend(
+            &[0.0; 4],
+            1.0,
+            Keys::Rows(&[0.0; 5]),
+            &[0.0; 6],
+            None,
+            dims,
+            &mut out
+        )
+        .is_err());
+        assert!(attend(
+            &[0.0; 3],
+            1.0,
+            Keys::Rows(&[0.0; 6]),
+            &[0.0; 6],
+            None,
+            dims,
+            &mut out
+        )
+        .is_err());
         let none = Dims { keys: 0, ..dims };
-        assert!(attend(&[0.0; 4], 1.0, &[], &[], none, &mut out).is_err());
+        assert!(attend(&[0.0; 4], 1.0, Keys::Rows(&[]), &[], None, none, &mut out).is_err());
     }
 }

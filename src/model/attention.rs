@@ -9,6 +9,13 @@
 //! - `Transpose(past.encoder.key, (0, 1, 3, 2)) -> Mul(_, scale) -> MatMul(q, _) -> Softmax(-1)
 //!   -> MatMul(_, past.encoder.value)` (the 4-D form, scale split between q and k).
 //!
+//! GPT-2 (ViT-GPT2) projects its cross-attention keys and values from `encoder_hidden_states`
+//! in the step graph; glance cuts them out into a cache of its own (`model::cut_encoder_only`),
+//! the keys as the export had transposed them for the product (`[batch, heads, depth, keys]`):
+//! `Mul(past.key, scale) -> MatMul(q, _) -> Add(_, mask) -> Softmax(-1) -> MatMul(_, past.value)`,
+//! the mask made from the encoder states' shape (all zeros: every image position is seen).
+//! The op reads those keys as they are and adds the mask.
+//!
 //! Every row reads its own copy of the keys and values: at four beams, four copies of the same
 //! numbers, read at every step. [`claim`] makes each such chain one [`OP_TYPE`] node reading the
 //! cache inputs as they are, and gives those inputs a batch dimension of their own
@@ -22,7 +29,8 @@
 
 use tract_onnx::model::{optional_inputs, ParsingContext};
 use tract_onnx::pb::{
-    tensor_shape_proto::dimension::Value, GraphProto, ModelProto, NodeProto, ValueInfoProto,
+    attribute_proto::AttributeType, tensor_shape_proto::dimension::Value, AttributeProto,
+    GraphProto, ModelProto, NodeProto, ValueInfoProto,
 };
 use tract_onnx::tract_hir::internal::*;
 
@@ -35,10 +43,14 @@ use crate::kernels::attention::{self, Dims};
 
 /// The op type of a claimed cross-attention. Inputs: `q` (`[rows * heads, queries, depth]` or
 /// `[rows, heads, queries, depth]`), the key and value cache inputs (`[images or rows, heads,
-/// keys, depth]`), then optional ones (`""` where absent): the scalar the keys are multiplied
-/// by, the shapes the export reshaped keys and values to (checked when the graph is typed), the
-/// scalar the queries (or the scores) are multiplied by and the one the scores are divided by.
+/// keys, depth]`; the keys `[.., depth, keys]` with attribute `keys_transposed` = 1), then
+/// optional ones (`""` where absent): the scalar the keys are multiplied by, the shapes the
+/// export reshaped keys and values to (checked when the graph is typed), the scalar the
+/// queries (or the scores) are multiplied by, the one the scores are divided by, and a mask
+/// added to the scores (of the queries' rank, broadcast to the scores).
 pub const OP_TYPE: &str = "GlanceSharedAttention";
+/// An attribute of [`OP_TYPE`]: 1 where the keys are `[images, heads, depth, keys]`.
+const KEYS_TRANSPOSED: &str = "keys_transposed";
 
 /// What [`undo`] needs to give the graph back as it was.
 #[derive(Debug)]
@@ -63,19 +75,15 @@ impl Claimed {
 /// Rewrites every cross-attention over the cache into [`OP_TYPE`], or nothing: when one cache
 /// input is read some other way, rows could not share the cache, so no chain is claimed.
 pub fn claim(graph: &mut GraphProto) -> Option<Claimed> {
-    let is_cross = |name: &str| names::past_key(name).is_some_and(names::is_cross_attention);
-    let keys: Vec<&str> = graph
+    let cross: Vec<&str> = graph
         .input
         .iter()
         .map(|i| i.name.as_str())
-        .filter(|n| is_cross(n) && n.ends_with(".key"))
+        .filter(|n| is_cross(n))
         .collect();
-    let chains: Vec<Chain> = keys
-        .iter()
-        .map(|k| chain(graph, k))
-        .collect::<Option<_>>()?;
-    let cross_inputs = graph.input.iter().filter(|i| is_cross(&i.name)).count();
-    if chains.is_empty() || cross_inputs != 2 * chains.len() {
+    // A chain starts at its keys: the values' inputs start none.
+    let chains: Vec<Chain> = cross.iter().filter_map(|k| chain(graph, k)).collect();
+    if chains.is_empty() || cross.len() != 2 * chains.len() {
         return None;
     }
     let before = Claimed::before(graph, chains.len());
@@ -90,6 +98,10 @@ pub fn claim(graph: &mut GraphProto) -> Option<Claimed> {
     }
     rewrite(graph, chains);
     Some(before)
+}
+
+fn is_cross(name: &str) -> bool {
+    names::past_key(name).is_some_and(names::is_cross_attention)
 }
 
 /// Whether encoders' self-attention runs on glance's kernel on this CPU (where its blocked
@@ -131,8 +143,19 @@ fn rewrite(graph: &mut GraphProto, chains: Vec<Chain>) {
                 optional(c.value_shape),
                 optional(c.query_scale),
                 optional(c.scores_divisor),
+                optional(c.mask),
             ],
             output: graph.node[c.weighted].output.clone(),
+            attribute: c
+                .keys_transposed
+                .then(|| AttributeProto {
+                    name: KEYS_TRANSPOSED.into(),
+                    r#type: AttributeType::Int as i32,
+                    i: 1,
+                    ..Default::default()
+                })
+                .into_iter()
+                .collect(),
             ..Default::default()
         };
         graph.node[c.weighted] = node;
@@ -210,6 +233,10 @@ struct Chain {
     value_shape: Option<String>,
     query_scale: Option<String>,
     scores_divisor: Option<String>,
+    /// Added to the scores before the softmax.
+    mask: Option<String>,
+    /// The keys are `[batch, heads, depth, keys]`.
+    keys_transposed: bool,
     /// The second product, which the new node replaces.
     weighted: usize,
     dead: Vec<usize>,
@@ -233,26 +260,26 @@ fn chain(graph: &GraphProto, key: &str) -> Option<Chain> {
         let a = node(at).attribute.iter().find(|a| a.name == name)?;
         Some(a.ints.clone())
     };
-    let value = format!("{}.value", key.strip_suffix(".key")?);
     let mut dead = Vec::new();
 
-    // Keys: reshaped to 3-D and transposed, or the 4-D cache transposed.
+    // Keys: reshaped to 3-D and transposed, or the 4-D cache transposed, or (GPT-2's cut
+    // cache, `[batch, heads, depth, keys]`) already transposed for the product.
     let first = sole_reader(key)?;
-    let (transposed, key_shape) = match node(first).op_type.as_str() {
+    let (mut keys_out, key_shape, keys_transposed) = match node(first).op_type.as_str() {
         "Reshape" if node(first).input.first().map(String::as_str) == Some(key) => {
             let t = reader(out(first)?, "Transpose", 0)?;
             (ints(t, "perm")? == [0, 2, 1]).then_some(())?;
             dead.extend([first, t]);
-            (t, Some(node(first).input.get(1)?.clone()))
+            (out(t)?, Some(node(first).input.get(1)?.clone()), false)
         }
         "Transpose" if ints(first, "perm")? == [0, 1, 3, 2] => {
             dead.push(first);
-            (first, None)
+            (out(first)?, None, false)
         }
+        "Mul" | "MatMul" => (key, None, true),
         _ => return None,
     };
     // An optional scale of the keys.
-    let mut keys_out = out(transposed)?;
     let mut key_scale = None;
     let next = sole_reader(keys_out)?;
     if node(next).op_type == "Mul" && node(next).input.len() == 2 {
@@ -267,15 +294,34 @@ fn chain(graph: &GraphProto, key: &str) -> Option<Chain> {
         keys_out = out(next)?;
     }
     let scores = reader(keys_out, "MatMul", 1)?;
-    let softmax = reader(out(scores)?, "Softmax", 0)?;
+    dead.push(scores);
+    // An optional mask added to the scores (GPT-2's, from the encoder states' shape).
+    let mut scores_out = out(scores)?;
+    let mut mask = None;
+    let added = sole_reader(scores_out)?;
+    if node(added).op_type == "Add" && node(added).input.len() == 2 {
+        let inputs = &node(added).input;
+        let m = if inputs[0] == scores_out { 1 } else { 0 };
+        mask = Some(inputs[m].clone());
+        dead.push(added);
+        scores_out = out(added)?;
+    }
+    let softmax = reader(scores_out, "Softmax", 0)?;
     // Softmax's axis is the last (-1, or 2 of three dimensions) from opset 13; older opsets
     // flattened, so the attribute must say it.
     let axis = node(softmax).attribute.iter().find(|a| a.name == "axis")?.i;
     let weighted = reader(out(softmax)?, "MatMul", 0)?;
     (axis == -1 || (axis == 2 && key_shape.is_some())).then_some(())?;
-    dead.extend([scores, softmax]);
+    dead.push(softmax);
 
-    // Values: reshaped like the keys, or the 4-D cache itself.
+    // Values: reshaped like the keys, or the 4-D cache itself. The cut cache names keys and
+    // values alike: its values are what the second product reads.
+    let value = if keys_transposed {
+        let value = node(weighted).input.get(1)?;
+        (value != key && is_cross(value)).then_some(value.clone())?
+    } else {
+        format!("{}.value", key.strip_suffix(".key")?)
+    };
     let value_shape = if key_shape.is_some() {
         let r = reader(&value, "Reshape", 0)?;
         (reader(out(r)?, "MatMul", 1)? == weighted).then_some(())?;
@@ -294,6 +340,8 @@ fn chain(graph: &GraphProto, key: &str) -> Option<Chain> {
         value_shape,
         query_scale: None,
         scores_divisor: None,
+        mask,
+        keys_transposed,
         weighted,
         dead,
         heads_first: None,
@@ -392,6 +440,8 @@ fn self_chain(graph: &GraphProto, softmax: usize) -> Option<Chain> {
         value_shape: None,
         query_scale,
         scores_divisor,
+        mask: None,
+        keys_transposed: false,
         weighted,
         dead,
         heads_first,
@@ -414,6 +464,8 @@ fn parse(
         value_shape: optional.next().flatten(),
         query_scale: optional.next().flatten(),
         scores_divisor: optional.next().flatten(),
+        mask: optional.next().flatten(),
+        keys_transposed: node.get_attr_opt::<i64>(KEYS_TRANSPOSED)?.unwrap_or(0) != 0,
     };
     Ok((expand(op), vec![]))
 }
@@ -426,6 +478,9 @@ struct Parsed {
     value_shape: Option<usize>,
     query_scale: Option<usize>,
     scores_divisor: Option<usize>,
+    mask: Option<usize>,
+    /// The keys are `[images, heads, depth, keys]`.
+    keys_transposed: bool,
 }
 
 impl Expansion for Parsed {
@@ -445,6 +500,7 @@ impl Expansion for Parsed {
             self.value_shape,
             self.query_scale,
             self.scores_divisor,
+            self.mask,
         ];
         check_input_arity(inputs, 3 + optional.iter().flatten().count())?;
         check_output_arity(outputs, 1)?;
@@ -481,8 +537,13 @@ impl Expansion for Parsed {
             q.shape,
             k.shape
         );
+        let mut keys = k.shape.to_tvec();
+        if self.keys_transposed {
+            ensure!(keys.len() == 4 && !reshaped, "{}: keys {keys:?}", context());
+            keys.swap(2, 3);
+        }
         ensure!(
-            k.shape == v.shape,
+            keys == v.shape.to_tvec(),
             "{}: keys {:?} and values {:?}",
             context(),
             k.shape,
@@ -501,7 +562,22 @@ impl Expansion for Parsed {
         };
         let scale =
             scalar(self.key_scale)? * scalar(self.query_scale)? / scalar(self.scores_divisor)?;
-        model.wire_node(prefix, SharedAttention { scale }, &inputs[..3])
+        let mut wired: TVec<OutletId> = inputs[..3].into();
+        if let Some(mask) = self.mask {
+            let fact = model.outlet_fact(inputs[mask])?;
+            ensure!(
+                fact.datum_type == f32::datum_type() && fact.rank() == q.rank(),
+                "{}: a mask {fact:?} for queries {:?}",
+                context(),
+                q.shape
+            );
+            wired.push(inputs[mask]);
+        }
+        let op = SharedAttention {
+            scale,
+            keys_transposed: self.keys_transposed,
+        };
+        model.wire_node(prefix, op, &wired)
     }
 }
 
@@ -528,12 +604,14 @@ fn check_reshape(shape: &TypedFact, q: &TypedFact, k: &TypedFact) -> TractResult
     Ok(())
 }
 
-/// `softmax(scale q k^T) v`, `q` of `rows * heads` query blocks, `k` and `v` of one row
+/// `softmax(scale q k^T + mask) v`, `q` of `rows * heads` query blocks, `k` and `v` of one row
 /// per image or one per row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SharedAttention {
     /// What the scores `q k^T` are multiplied by before the softmax.
     scale: f32,
+    /// The keys are `[images, heads, depth, keys]` (GPT-2's cut cache), not `[.., keys, depth]`.
+    keys_transposed: bool,
 }
 
 impl Eq for SharedAttention {}
@@ -551,13 +629,35 @@ impl EvalOp for SharedAttention {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let (q, k, v) = (&inputs[0], &inputs[1], &inputs[2]);
-        let dims = dims(q.shape(), k.shape(), v.shape())?;
+        let mut k_shape: TVec<usize> = k.shape().into();
+        if self.keys_transposed && k_shape.len() == 4 {
+            k_shape.swap(2, 3);
+        }
+        let dims = dims(q.shape(), &k_shape, v.shape())?;
+        let mask = match inputs.get(3) {
+            Some(m) => {
+                let values = m.try_as_plain_ram()?.as_slice::<f32>()?;
+                let strides = mask_strides(m.shape(), q.rank(), dims)?;
+                // An all-zero mask (every image position seen, as GPT-2's always is) changes
+                // nothing.
+                let zero = values.iter().all(|&x| x == 0.0);
+                (!zero).then_some(attention::Mask { values, strides })
+            }
+            None => None,
+        };
+        let keys = k.try_as_plain_ram()?.as_slice::<f32>()?;
+        let keys = if self.keys_transposed {
+            attention::Keys::Transposed(keys)
+        } else {
+            attention::Keys::Rows(keys)
+        };
         let mut out = Tensor::zero::<f32>(q.shape())?;
         attention::attend(
             q.try_as_plain_ram()?.as_slice::<f32>()?,
             self.scale,
-            k.try_as_plain_ram()?.as_slice::<f32>()?,
+            keys,
             v.try_as_plain_ram()?.as_slice::<f32>()?,
+            mask,
             dims,
             out.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?,
         )
@@ -592,6 +692,39 @@ fn dims(q: &[usize], k: &[usize], v: &[usize]) -> TractResult<Dims> {
         queries,
         keys,
         depth,
+    })
+}
+
+/// The kernel's mask strides (rows, heads, query positions) for a mask of shape `mask`, of the
+/// queries' rank, broadcast (dimensions of 1) to the scores `[rows, heads, queries, keys]` (or
+/// `[rows * heads, queries, keys]` for 3-D queries).
+fn mask_strides(mask: &[usize], rank: usize, dims: Dims) -> TractResult<[usize; 3]> {
+    let rows = dims.groups * dims.per_group;
+    let scores: TVec<usize> = if rank == 4 {
+        tvec![rows, dims.heads, dims.queries, dims.keys]
+    } else {
+        tvec![rows * dims.heads, dims.queries, dims.keys]
+    };
+    let fits = mask.len() == scores.len()
+        && mask.last() == scores.last()
+        && mask.iter().zip(&scores).all(|(&m, &s)| m == s || m == 1);
+    ensure!(fits, "an attention mask {mask:?} for scores {scores:?}");
+    // Row-major strides, 0 along broadcast dimensions.
+    let mut strides: TVec<usize> = mask
+        .iter()
+        .rev()
+        .scan(1, |step, &m| {
+            let stride = if m == 1 { 0 } else { *step };
+            *step *= m;
+            Some(stride)
+        })
+        .collect();
+    strides.reverse();
+    Ok(if rank == 4 {
+        [strides[0], strides[1], strides[2]]
+    } else {
+        // Block `row * heads + head`.
+        [strides[0] * dims.heads, strides[0], strides[1]]
     })
 }
 
@@ -855,6 +988,64 @@ mod tests {
             let mut undone = claimed.clone();
             undo(undone.graph.as_mut().unwrap(), c);
             assert_eq!(undone, original);
+        }
+    }
+
+    /// GPT-2's cross-attention once its keys and values are cut out of the step graph
+    /// (`model::cut_encoder_only`): keys `[batch, heads, depth, keys]` as the product reads
+    /// them, scaled, and a mask added to the scores.
+    fn gpt2_cut_graph(mask: &[f32]) -> ModelProto {
+        let tensor = |name: &str, dims: Vec<i64>, values: &[f32]| TensorProto {
+            name: name.into(),
+            dims,
+            data_type: DataType::Float as i32,
+            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ..Default::default()
+        };
+        let nodes = vec![
+            node("Mul", &[KEY, "scale"], "ks", vec![]),
+            node("MatMul", &["q", "ks"], "scores", vec![]),
+            node("Add", &["scores", "mask"], "masked", vec![]),
+            node("Softmax", &["masked"], "p", vec![int("axis", -1)]),
+            node("MatMul", &["p", VALUE], "out", vec![]),
+        ];
+        let initializer = vec![
+            tensor("scale", vec![], &[0.6]),
+            tensor("mask", vec![1, 1, 1, KEYS as i64], mask),
+        ];
+        let (h, s, d) = (HEADS.to_string(), KEYS.to_string(), DEPTH.to_string());
+        let q: &[&str] = &["batch_size", &h, "1", &d];
+        let inputs: [(&str, &[&str]); 3] = [
+            ("q", q),
+            (KEY, &["batch_size", &h, &d, &s]),
+            (VALUE, &["batch_size", &h, &s, &d]),
+        ];
+        model(nodes, initializer, &inputs, q)
+    }
+
+    #[test]
+    fn gpt2_cut_keys_are_read_transposed_and_the_mask_added() {
+        let hidden = [0.0, f32::MIN, 0.0, -2.0, 0.0];
+        for mask in [[0.0; KEYS], hidden] {
+            let original = gpt2_cut_graph(&mask);
+            let mut claimed = original.clone();
+            let c = claim(claimed.graph.as_mut().unwrap()).expect("the chain is claimed");
+            assert_eq!((c.count, op_types(&claimed)), (1, vec![OP_TYPE]));
+            // Two beams of two images, one cache row per image.
+            let q = tensor(&[4, HEADS, 1, DEPTH], 7);
+            let k = tensor(&[2, HEADS, DEPTH, KEYS], 8);
+            let v = tensor(&[2, HEADS, KEYS, DEPTH], 9);
+            let each = |t: &Tensor| {
+                let rows: Vec<Tensor> = [0, 0, 1, 1]
+                    .iter()
+                    .map(|&r| t.slice(0, r, r + 1).unwrap())
+                    .collect();
+                Tensor::stack_tensors(0, &rows).unwrap()
+            };
+            close(
+                &run(&claimed, &q, &k, &v),
+                &run(&original, &q, &each(&k), &each(&v)),
+            );
         }
     }
 
