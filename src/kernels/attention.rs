@@ -79,8 +79,12 @@ impl<'a> Keys<'a> {
         }
     }
 
-    fn transposed(&self) -> bool {
-        matches!(self, Keys::Transposed(_))
+    /// The same layout over `range` of the values (a group and head's).
+    fn part(&self, range: Range<usize>) -> Keys<'a> {
+        match *self {
+            Keys::Rows(k) => Keys::Rows(&k[range]),
+            Keys::Transposed(k) => Keys::Transposed(&k[range]),
+        }
     }
 }
 
@@ -266,7 +270,6 @@ struct Packed<'a> {
 impl<'a> Packed<'a> {
     /// Lays out `k` and `v` in `buffer`, the heads on the thread pool when `parallel`.
     fn new(keys_in: Keys, v: &[f32], dims: Dims, buffer: &'a mut Vec<f32>, parallel: bool) -> Self {
-        let k = keys_in.values();
         let (keys, d) = (dims.keys, dims.depth);
         let keys_len = keys.div_ceil(TILE_COLS) * d * TILE_COLS;
         let values_len = d.div_ceil(TILE_COLS) * TILE_COLS * keys;
@@ -279,10 +282,8 @@ impl<'a> Packed<'a> {
         super::split(heads, parallel, |range| {
             let at = &at;
             for h in range {
-                let (k, v) = (
-                    &k[h * keys * d..][..keys * d],
-                    &v[h * keys * d..][..keys * d],
-                );
+                let head = h * keys * d..(h + 1) * keys * d;
+                let (k, v) = (keys_in.part(head.clone()), &v[head]);
                 // SAFETY: head h's parts of the two buffers, which no other head writes.
                 let (keys_t, values) = unsafe {
                     (
@@ -290,7 +291,7 @@ impl<'a> Packed<'a> {
                         std::slice::from_raw_parts_mut(at.1 .0.add(h * values_len), values_len),
                     )
                 };
-                pack_head(k, keys_in.transposed(), v, d, keys_t, values);
+                pack_head(k, v, d, keys_t, values);
             }
         });
         Packed {
@@ -310,17 +311,9 @@ impl<'a> Packed<'a> {
     }
 }
 
-/// One head's keys (`[keys, d]`, or `[d, keys]` when `transposed`) and values (`[keys, d]`) in
-/// [`Packed`]'s layout.
-fn pack_head(
-    k: &[f32],
-    transposed: bool,
-    v: &[f32],
-    d: usize,
-    keys_t: &mut [f32],
-    values: &mut [f32],
-) {
-    let keys = k.len() / d;
+/// One head's keys and values (`[keys, d]`) in [`Packed`]'s layout.
+fn pack_head(k: Keys, v: &[f32], d: usize, keys_t: &mut [f32], values: &mut [f32]) {
+    let keys = v.len() / d;
     if !keys.is_multiple_of(TILE_COLS) {
         let last = keys_t.len() - d * TILE_COLS;
         keys_t[last..].fill(0.0);
@@ -329,17 +322,20 @@ fn pack_head(
         let last = values.len() - keys * TILE_COLS;
         values[last..].fill(0.0);
     }
-    if transposed {
-        for (c, depth) in k.chunks_exact(keys).enumerate() {
-            for (j, &value) in depth.iter().enumerate() {
-                keys_t[((j / TILE_COLS) * d + c) * TILE_COLS + j % TILE_COLS] = value;
+    match k {
+        Keys::Rows(k) => {
+            for (j, key) in k.chunks_exact(d).enumerate() {
+                let (tile, x) = (j / TILE_COLS, j % TILE_COLS);
+                for (c, &value) in key.iter().enumerate() {
+                    keys_t[(tile * d + c) * TILE_COLS + x] = value;
+                }
             }
         }
-    } else {
-        for (j, key) in k.chunks_exact(d).enumerate() {
-            let (tile, x) = (j / TILE_COLS, j % TILE_COLS);
-            for (c, &value) in key.iter().enumerate() {
-                keys_t[(tile * d + c) * TILE_COLS + x] = value;
+        Keys::Transposed(k) => {
+            for (c, depth) in k.chunks_exact(keys).enumerate() {
+                for (j, &value) in depth.iter().enumerate() {
+                    keys_t[((j / TILE_COLS) * d + c) * TILE_COLS + j % TILE_COLS] = value;
+                }
             }
         }
     }
@@ -403,19 +399,8 @@ unsafe fn run_task(operands: &Operands, task: usize, out: *mut f32, scratch: &mu
         blocked(keys_t, values, rows.len(), dims.keys, d, scratch)
     } else {
         let kv = group_head * dims.keys * d..(group_head + 1) * dims.keys * d;
-        let (k, v) = (&keys.values()[kv.clone()], &v[kv]);
-        scratch.scores.resize(rows.len() * dims.keys, 0.0);
-        scratch.out.resize(rows.len() * d, 0.0);
-        head_attention(
-            &scratch.q,
-            (k, keys.transposed()),
-            v,
-            rows.len(),
-            d,
-            &mut scratch.scores,
-            &mut scratch.out,
-            &scratch.mask,
-        );
+        let (k, v) = (keys.part(kv.clone()), &v[kv]);
+        head_attention(k, v, rows.len(), d, scratch);
         d
     };
     for (n, i) in rows.enumerate() {
@@ -425,62 +410,55 @@ unsafe fn run_task(operands: &Operands, task: usize, out: *mut f32, scratch: &mu
     }
 }
 
-/// One head: `rows` queries of `d` values against `k` and `v` (`[keys, d]` each), `mask`
-/// (`[rows, keys]`, or empty) added to the scores.
-#[allow(clippy::too_many_arguments)]
-fn head_attention(
-    q: &[f32],
-    k: (&[f32], bool),
-    v: &[f32],
-    rows: usize,
-    d: usize,
-    scores: &mut [f32],
-    out: &mut [f32],
-    mask: &[f32],
-) {
+/// One head: the `rows` queries of `s.q` (`d` values each) against keys `k` and values `v`
+/// (`[keys, d]`), `s.mask` (`[rows, keys]`, or empty) added to the scores; the outputs in
+/// `s.out`.
+fn head_attention(k: Keys, v: &[f32], rows: usize, d: usize, s: &mut Scratch) {
+    let keys = v.len() / d;
+    s.scores.resize(rows * keys, 0.0);
+    s.out.resize(rows * d, 0.0);
     #[cfg(target_arch = "x86_64")]
     if super::avx2() {
         // SAFETY: the CPU has AVX2.
-        return unsafe { avx2::head_attention(q, k, v, rows, d, scores, out, mask) };
+        return unsafe { avx2::head_attention(k, v, rows, d, s) };
     }
-    head_attention_any(q, k, v, rows, d, scores, out, mask)
+    head_attention_any(k, v, rows, d, s)
 }
 
 /// The code of [`head_attention`], compiled again with AVX2 enabled where the CPU has it:
 /// plain loops that the compiler vectorises for whichever instructions it may use.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn head_attention_any(
-    q: &[f32],
-    (k, transposed): (&[f32], bool),
-    v: &[f32],
-    rows: usize,
-    d: usize,
-    scores: &mut [f32],
-    out: &mut [f32],
-    mask: &[f32],
-) {
-    let keys = k.len() / d;
-    if transposed {
-        // Depth outermost, a row of keys at a time: sums over the keys in vector lanes.
-        scores[..rows * keys].fill(0.0);
-        for (c, depth) in k.chunks_exact(keys).enumerate() {
-            for (r, row) in scores[..rows * keys].chunks_exact_mut(keys).enumerate() {
-                let a = q[r * d + c];
-                for (s, &x) in row.iter_mut().zip(depth) {
-                    *s += a * x;
+fn head_attention_any(k: Keys, v: &[f32], rows: usize, d: usize, s: &mut Scratch) {
+    let Scratch {
+        q,
+        scores,
+        out,
+        mask,
+    } = s;
+    let keys = v.len() / d;
+    match k {
+        Keys::Rows(k) => {
+            // Keys outermost: each key is read once for all rows of the group.
+            for (s, key) in k.chunks_exact(d).enumerate() {
+                for r in 0..rows {
+                    scores[r * keys + s] = dot(&q[r * d..(r + 1) * d], key);
                 }
             }
         }
-    } else {
-        // Keys outermost: each key is read once for all rows of the group.
-        for (s, key) in k.chunks_exact(d).enumerate() {
-            for r in 0..rows {
-                scores[r * keys + s] = dot(&q[r * d..(r + 1) * d], key);
+        Keys::Transposed(k) => {
+            // Depth outermost, a row of keys at a time: sums over the keys in vector lanes.
+            scores[..rows * keys].fill(0.0);
+            for (c, depth) in k.chunks_exact(keys).enumerate() {
+                for (r, row) in scores[..rows * keys].chunks_exact_mut(keys).enumerate() {
+                    let a = q[r * d + c];
+                    for (s, &x) in row.iter_mut().zip(depth) {
+                        *s += a * x;
+                    }
+                }
             }
         }
     }
-    for (s, m) in scores[..rows * keys].iter_mut().zip(mask) {
+    for (s, m) in scores[..rows * keys].iter_mut().zip(mask.iter()) {
         *s += m;
     }
     for row in scores[..rows * keys].chunks_exact_mut(keys) {
@@ -695,18 +673,14 @@ mod avx2 {
     /// # Safety
     /// The CPU must have AVX2.
     #[target_feature(enable = "avx2")]
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn head_attention(
-        q: &[f32],
-        k: (&[f32], bool),
+    pub(super) unsafe fn head_attention(
+        k: super::Keys,
         v: &[f32],
         rows: usize,
         d: usize,
-        scores: &mut [f32],
-        out: &mut [f32],
-        mask: &[f32],
+        s: &mut super::Scratch,
     ) {
-        super::head_attention_any(q, k, v, rows, d, scores, out, mask)
+        super::head_attention_any(k, v, rows, d, s)
     }
 
     /// [`super::blocked_tiles`] with AVX2 and fused multiply-adds, on [`tile`].
