@@ -212,13 +212,13 @@ enum Runs {
 /// Makes the tract plan of an edited decoder graph.
 fn plan_decoder(path: &Path, mut proto: ModelProto, rt: Runtime, runs: Runs) -> Result<Graph> {
     prepare_proto(&mut proto, path, rt.compute)?;
-    // A step graph's cross-attention over the cache runs on glance's kernel, which lets beams
-    // share the cache ([`attention`]); f16 graphs keep tract's.
+    // A step graph's attention over the cache runs on glance's kernel, which lets beams share
+    // the cross-attention cache ([`attention`]); f16 graphs keep tract's.
     let claim = |g: &mut tract_onnx::pb::GraphProto| match runs {
-        Runs::EveryStep if !rt.compute.keeps_f16() => attention::claim(g),
+        Runs::EveryStep if !rt.compute.keeps_f16() => attention::claim_decoder(g),
         _ => None,
     };
-    attention::plan_claimed(&mut proto, path, "cross-attentions", claim, |proto| {
+    attention::plan_claimed(&mut proto, path, "attentions", claim, |proto| {
         plan_prepared(path, proto, rt, runs)
     })
 }

@@ -292,14 +292,19 @@ pub fn read_instead(
 /// The index of the one node that reads `name`, when exactly one does and `name` is not a graph
 /// output: a value a rewrite may fold into that node.
 pub fn sole_reader(graph: &GraphProto, name: &str) -> Option<usize> {
+    let is_output = graph.output.iter().any(|o| o.name == name);
+    sole_node_reader(graph, name).filter(|_| !is_output)
+}
+
+/// The index of the only node reading value `name`, whether or not it is also a graph output.
+pub fn sole_node_reader(graph: &GraphProto, name: &str) -> Option<usize> {
     let mut readers = graph
         .node
         .iter()
         .enumerate()
         .filter(|(_, n)| n.input.iter().any(|i| i == name));
     let (first, _) = readers.next()?;
-    let is_output = graph.output.iter().any(|o| o.name == name);
-    (readers.next().is_none() && !is_output).then_some(first)
+    readers.next().is_none().then_some(first)
 }
 
 /// The index of the node that makes value `name`, if a node does.
