@@ -1014,28 +1014,12 @@ mod tests {
             keys: 3,
             depth: 2,
         };
-        let mut out = vec![0.0; 4];
-        assert!(attend(
-            &[0.0; 4],
-            1.0,
-            Keys::Rows(&[0.0; 5]),
-            &[0.0; 6],
-            None,
-            dims,
-            &mut out
-        )
-        .is_err());
-        assert!(attend(
-            &[0.0; 3],
-            1.0,
-            Keys::Rows(&[0.0; 6]),
-            &[0.0; 6],
-            None,
-            dims,
-            &mut out
-        )
-        .is_err());
-        let none = Dims { keys: 0, ..dims };
-        assert!(attend(&[0.0; 4], 1.0, Keys::Rows(&[]), &[], None, none, &mut out).is_err());
+        let fails = |q: &[f32], k: &[f32], v: &[f32], dims: Dims| {
+            let mut out = vec![0.0; 4];
+            attend(q, 1.0, Keys::Rows(k), v, None, dims, &mut out).is_err()
+        };
+        assert!(fails(&[0.0; 4], &[0.0; 5], &[0.0; 6], dims));
+        assert!(fails(&[0.0; 3], &[0.0; 6], &[0.0; 6], dims));
+        assert!(fails(&[0.0; 4], &[], &[], Dims { keys: 0, ..dims }));
     }
 }

@@ -118,12 +118,7 @@ pub fn claim_self(graph: &mut GraphProto) -> Option<Claimed> {
         .filter(|n| names::present_key(n).is_some_and(|k| !names::is_cross_attention(k)))
         .filter_map(|k| chain(graph, k))
         .collect();
-    if chains.is_empty() {
-        return None;
-    }
-    let before = Claimed::before(graph, chains.len());
-    rewrite(graph, chains);
-    Some(before)
+    rewrite_claimed(graph, chains)
 }
 
 /// [`claim`] and [`claim_self`] on a decoder step graph, undone together.
@@ -150,6 +145,11 @@ pub fn claim_encoder(graph: &mut GraphProto) -> Option<Claimed> {
         .filter(|&at| graph.node[at].op_type == "Softmax")
         .filter_map(|at| self_chain(graph, at))
         .collect();
+    rewrite_claimed(graph, chains)
+}
+
+/// [`rewrite`] of `chains`, if any, with what [`undo`] needs.
+fn rewrite_claimed(graph: &mut GraphProto, chains: Vec<Chain>) -> Option<Claimed> {
     if chains.is_empty() {
         return None;
     }
@@ -971,6 +971,26 @@ mod tests {
         }
     }
 
+    /// `claimed` on `q` of two beams for each of two images, `k` and `v` of one row per image,
+    /// gives what `original` gives on the cache copied to every beam.
+    fn same_as_tract_on_each_beams_copy(
+        claimed: &ModelProto,
+        original: &ModelProto,
+        [q, k, v]: [&Tensor; 3],
+    ) {
+        let each = |t: &Tensor| {
+            let rows: Vec<Tensor> = [0, 0, 1, 1]
+                .iter()
+                .map(|&r| t.slice(0, r, r + 1).unwrap())
+                .collect();
+            Tensor::stack_tensors(0, &rows).unwrap()
+        };
+        close(
+            &run(claimed, q, k, v),
+            &run(original, q, &each(k), &each(v)),
+        );
+    }
+
     fn op_types(model: &ModelProto) -> Vec<&str> {
         let nodes = &model.graph.as_ref().unwrap().node;
         nodes.iter().map(|n| n.op_type.as_str()).collect()
@@ -1003,17 +1023,7 @@ mod tests {
             let q = tensor(&[4, HEADS, 1, DEPTH], 3);
             let k = tensor(&[2, HEADS, KEYS, DEPTH], 4);
             let v = tensor(&[2, HEADS, KEYS, DEPTH], 5);
-            let each = |t: &Tensor| {
-                let rows: Vec<Tensor> = [0, 0, 1, 1]
-                    .iter()
-                    .map(|&r| t.slice(0, r, r + 1).unwrap())
-                    .collect();
-                Tensor::stack_tensors(0, &rows).unwrap()
-            };
-            close(
-                &run(&claimed, &q, &k, &v),
-                &run(&original, &q, &each(&k), &each(&v)),
-            );
+            same_as_tract_on_each_beams_copy(&claimed, &original, [&q, &k, &v]);
 
             // Rows that are not whole groups of the images are an error, not a guess.
             let three = tensor(&[3, HEADS, 1, DEPTH], 6);
@@ -1076,17 +1086,7 @@ mod tests {
             let q = tensor(&[4, HEADS, 1, DEPTH], 7);
             let k = tensor(&[2, HEADS, DEPTH, KEYS], 8);
             let v = tensor(&[2, HEADS, KEYS, DEPTH], 9);
-            let each = |t: &Tensor| {
-                let rows: Vec<Tensor> = [0, 0, 1, 1]
-                    .iter()
-                    .map(|&r| t.slice(0, r, r + 1).unwrap())
-                    .collect();
-                Tensor::stack_tensors(0, &rows).unwrap()
-            };
-            close(
-                &run(&claimed, &q, &k, &v),
-                &run(&original, &q, &each(&k), &each(&v)),
-            );
+            same_as_tract_on_each_beams_copy(&claimed, &original, [&q, &k, &v]);
         }
     }
 
