@@ -146,6 +146,7 @@ fn prepare_proto(proto: &mut ModelProto, path: &Path, compute: Compute) -> Resul
         return Ok(());
     };
     surgery::gemm_to_matmul(g);
+    surgery::small_powers_as_products(g);
     let bytes: &compute::Bytes = &|t| graph::tensor_bytes(t, path);
     if !compute.keeps_f16() {
         compute::f16_to_f32(g, bytes)?;
