@@ -49,21 +49,7 @@ unsafe fn log_softmax_avx2(logits: &[f32], out: &mut [f32]) {
 
 #[inline(always)]
 fn log_softmax_any(logits: &[f32], out: &mut [f32]) {
-    // The maximum in eight lanes: `f32::max` folded over the row stays scalar (its NaN rule
-    // keeps the compiler from reordering it); the session rejects NaN logits.
-    let mut maxima = [f32::NEG_INFINITY; 8];
-    let whole = logits.chunks_exact(8);
-    let tail = whole.remainder();
-    for chunk in whole {
-        for (m, &x) in maxima.iter_mut().zip(chunk) {
-            *m = if x > *m { x } else { *m };
-        }
-    }
-    let max = maxima
-        .iter()
-        .chain(tail)
-        .copied()
-        .fold(f32::NEG_INFINITY, f32::max);
+    let max = crate::kernels::max(logits);
     // f32 exponentials (as torch computes them) summed in f64, in eight lanes the compiler
     // vectorises with the exponentials: libm's, one call each, were most of a beam step's own
     // work (4 x 64044 of them for TrOCR).

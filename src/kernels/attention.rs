@@ -184,9 +184,7 @@ pub fn attend(
     }
     // Laid out once per call, since the chunks of a head all read it, into a buffer kept like
     // `Scratch` (a fresh one each layer was faulted in again each time).
-    PACKED.with(|cell| {
-        let (mut borrowed, mut own) = (cell.try_borrow_mut(), Vec::new());
-        let buffer = borrowed.as_deref_mut().unwrap_or(&mut own);
+    reused(&PACKED, |buffer| {
         let packed = Packed::new(keys, v, dims, buffer, parallel);
         let operands = Operands {
             packed: Some(&packed),
@@ -212,11 +210,7 @@ fn run_tasks(operands: &Operands, out: &mut [f32], parallel: bool) {
                 unsafe { run_task(operands, task, out_at.0, scratch) }
             }
         };
-        // A thread runs one part at a time; were it ever inside another, it takes new buffers.
-        SCRATCH.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut scratch) => run(&mut scratch),
-            Err(_) => run(&mut Scratch::default()),
-        })
+        reused(&SCRATCH, run)
     };
     super::split(tasks, parallel, part);
 }
@@ -236,6 +230,18 @@ struct Scratch {
     out: Vec<f32>,
     /// The mask's values for the task's rows, `[rows, keys]`.
     mask: Vec<f32>,
+}
+
+/// Runs `f` on this thread's `buffer`, kept from call to call; a thread already inside such a
+/// call (it never is, but a pool thread could run a nested one) takes a new buffer instead.
+fn reused<T: Default, R>(
+    buffer: &'static std::thread::LocalKey<std::cell::RefCell<T>>,
+    f: impl FnOnce(&mut T) -> R,
+) -> R {
+    buffer.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut kept) => f(&mut kept),
+        Err(_) => f(&mut T::default()),
+    })
 }
 
 thread_local! {
@@ -322,19 +328,20 @@ fn pack_head(k: Keys, v: &[f32], d: usize, keys_t: &mut [f32], values: &mut [f32
         let last = values.len() - keys * TILE_COLS;
         values[last..].fill(0.0);
     }
+    // Where key j's value c goes.
+    let slot = |j: usize, c: usize| ((j / TILE_COLS) * d + c) * TILE_COLS + j % TILE_COLS;
     match k {
         Keys::Rows(k) => {
             for (j, key) in k.chunks_exact(d).enumerate() {
-                let (tile, x) = (j / TILE_COLS, j % TILE_COLS);
                 for (c, &value) in key.iter().enumerate() {
-                    keys_t[(tile * d + c) * TILE_COLS + x] = value;
+                    keys_t[slot(j, c)] = value;
                 }
             }
         }
         Keys::Transposed(k) => {
             for (c, depth) in k.chunks_exact(keys).enumerate() {
                 for (j, &value) in depth.iter().enumerate() {
-                    keys_t[((j / TILE_COLS) * d + c) * TILE_COLS + j % TILE_COLS] = value;
+                    keys_t[slot(j, c)] = value;
                 }
             }
         }
@@ -369,11 +376,12 @@ unsafe fn run_task(operands: &Operands, task: usize, out: *mut f32, scratch: &mu
     } else {
         chunk * CHUNK_ROWS..((chunk + 1) * CHUNK_ROWS).min(dims.rows())
     };
-    // Where the group's row `i` (beam `i / queries`, query `i % queries`) keeps this head's
-    // query.
+    // The group's row `i`: beam `i / queries` (a row of the whole call), query `i % queries`.
+    let row_of = |i: usize| (group * dims.per_group + i / dims.queries, i % dims.queries);
+    // Where row `i` keeps this head's query.
     let at = |i: usize| {
-        let beam = group * dims.per_group + i / dims.queries;
-        ((beam * dims.heads + head) * dims.queries + i % dims.queries) * d
+        let (beam, query) = row_of(i);
+        ((beam * dims.heads + head) * dims.queries + query) * d
     };
     scratch.q.clear();
     for i in rows.clone() {
@@ -386,8 +394,8 @@ unsafe fn run_task(operands: &Operands, task: usize, out: *mut f32, scratch: &mu
     scratch.mask.clear();
     if let Some(mask) = mask {
         for i in rows.clone() {
-            let beam = group * dims.per_group + i / dims.queries;
-            let at = mask.at(beam, head, i % dims.queries);
+            let (beam, query) = row_of(i);
+            let at = mask.at(beam, head, query);
             scratch
                 .mask
                 .extend_from_slice(&mask.values[at..at + dims.keys]);
@@ -480,18 +488,8 @@ fn head_attention_any(k: Keys, v: &[f32], rows: usize, d: usize, s: &mut Scratch
 /// would wait on each addition (three cycles a score, most of a 578-key softmax).
 #[inline(always)]
 fn softmax(row: &mut [f32]) {
+    let max = super::max(row);
     let (whole, rest) = row.split_at_mut(row.len() / 8 * 8);
-    let mut lanes = [f32::NEG_INFINITY; 8];
-    for chunk in whole.chunks_exact(8) {
-        for (m, &x) in lanes.iter_mut().zip(chunk) {
-            *m = if x > *m { x } else { *m };
-        }
-    }
-    let max = rest
-        .iter()
-        .chain(&lanes)
-        .copied()
-        .fold(f32::NEG_INFINITY, f32::max);
     let mut sums = [0f32; 8];
     for chunk in whole.chunks_exact_mut(8) {
         for (s, x) in sums.iter_mut().zip(chunk) {

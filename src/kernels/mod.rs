@@ -55,6 +55,25 @@ fn split(tasks: usize, parallel: bool, part: impl Fn(std::ops::Range<usize>) + S
     }
 }
 
+/// The largest value of `xs` (NEG_INFINITY when empty), in eight lanes the compiler
+/// vectorises: `f32::max` folded over a row stays scalar (its NaN rule keeps the compiler from
+/// reordering it). The rows softmax reads hold no NaN (the session rejects NaN logits).
+#[inline(always)]
+pub fn max(xs: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let whole = xs.chunks_exact(8);
+    let rest = whole.remainder();
+    for chunk in whole {
+        for (m, &x) in lanes.iter_mut().zip(chunk) {
+            *m = if x > *m { x } else { *m };
+        }
+    }
+    rest.iter()
+        .chain(&lanes)
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max)
+}
+
 /// `e^x` for `x <= 0` in f32 (softmax after its maximum is subtracted), within about one unit
 /// in the last place: Cephes' `expf` polynomial, written so the compiler can vectorise it
 /// (libm's `expf` is a call per value, and was most of a softmax over a 578-position row).
@@ -89,6 +108,7 @@ pub(crate) mod tests {
     use super::*;
     use std::cell::Cell;
     use std::sync::Mutex;
+    use tract_linalg::multithread::{multithread_tract_scope, Executor};
 
     thread_local! {
         /// Makes [`avx2`] false on this thread, so x86 runs test the portable code too.
@@ -102,7 +122,6 @@ pub(crate) mod tests {
         PORTABLE.set(false);
         f("native");
     }
-    use tract_linalg::multithread::{multithread_tract_scope, Executor};
 
     /// The ranges `split` runs, sorted: each task exactly once.
     fn ranges(tasks: usize, parallel: bool) -> Vec<std::ops::Range<usize>> {
