@@ -837,6 +837,23 @@ mod tests {
         }
     }
 
+    /// TrOCR's attention over a cache: `q` (to `query_shape`), `key` and `value` reshaped to
+    /// `[rows * heads, .., depth]` by the shapes named beside them, keys transposed; "out".
+    fn reshaped_chain(
+        [key, key_shape]: [&str; 2],
+        [value, value_shape]: [&str; 2],
+    ) -> Vec<NodeProto> {
+        vec![
+            node("Reshape", &["q", "query_shape"], "q3", vec![]),
+            node("Reshape", &[key, key_shape], "k3", vec![]),
+            node("Transpose", &["k3"], "kt", vec![ints("perm", &[0, 2, 1])]),
+            node("MatMul", &["q3", "kt"], "scores", vec![]),
+            node("Softmax", &["scores"], "p", vec![int("axis", -1)]),
+            node("Reshape", &[value, value_shape], "v3", vec![]),
+            node("MatMul", &["p", "v3"], "out", vec![]),
+        ]
+    }
+
     /// The two forms of cross-attention over the cache that exports write.
     #[derive(Debug, Clone, Copy, PartialEq)]
     enum Form {
@@ -862,15 +879,7 @@ mod tests {
         let (h, s, d) = (HEADS.to_string(), KEYS.to_string(), DEPTH.to_string());
         let (mut nodes, initializer, out) = match form {
             Form::Reshaped => (
-                vec![
-                    node("Reshape", &["q", "query_shape"], "q3", vec![]),
-                    node("Reshape", &[KEY, "key_shape"], "k3", vec![]),
-                    node("Transpose", &["k3"], "kt", vec![ints("perm", &[0, 2, 1])]),
-                    node("MatMul", &["q3", "kt"], "scores", vec![]),
-                    node("Softmax", &["scores"], "p", vec![int("axis", -1)]),
-                    node("Reshape", &[VALUE, "value_shape"], "v3", vec![]),
-                    node("MatMul", &["p", "v3"], "out", vec![]),
-                ],
+                reshaped_chain([KEY, "key_shape"], [VALUE, "value_shape"]),
                 vec![
                     shape("query_shape", 1),
                     shape("key_shape", KEYS),
@@ -1105,7 +1114,7 @@ mod tests {
             node("Concat", &[past, new], present, vec![int("axis", -2)])
         };
         let (k, v) = ("present.0.decoder.key", "present.0.decoder.value");
-        let nodes = vec![
+        let mut nodes = vec![
             concat(PAST_KEY, "k_new", k),
             concat(PAST_VALUE, "v_new", v),
             node("Shape", &["q"], "q_shape", vec![]),
@@ -1118,14 +1127,8 @@ mod tests {
                 "kv_shape",
                 vec![int("axis", 0)],
             ),
-            node("Reshape", &["q", "query_shape"], "q3", vec![]),
-            node("Reshape", &[k, "kv_shape"], "k3", vec![]),
-            node("Transpose", &["k3"], "kt", vec![ints("perm", &[0, 2, 1])]),
-            node("MatMul", &["q3", "kt"], "scores", vec![]),
-            node("Softmax", &["scores"], "p", vec![int("axis", -1)]),
-            node("Reshape", &[v, "kv_shape"], "v3", vec![]),
-            node("MatMul", &["p", "v3"], "out", vec![]),
         ];
+        nodes.extend(reshaped_chain([k, "kv_shape"], [v, "kv_shape"]));
         let initializer = vec![
             int64("query_shape", vec![3], &[-1, 1, DEPTH as i64]),
             int64("zero", vec![], &[0]),

@@ -144,14 +144,11 @@ pub fn small_powers_as_products(graph: &mut GraphProto) {
                     .as_ref()?
             }
         };
-        let scalar = tensor.dims.iter().all(|&d| d == 1);
-        let float = tensor.data_type == pb::tensor_proto::DataType::Float as i32;
-        if !scalar || !float {
+        if tensor.data_type != pb::tensor_proto::DataType::Float as i32 {
             return None;
         }
-        match (tensor.float_data.as_slice(), tensor.raw_data.as_slice()) {
-            ([x], []) => Some(*x),
-            ([], raw) => Some(f32::from_le_bytes(raw.try_into().ok()?)),
+        match super::graph::floats(tensor, &tensor.raw_data)?[..] {
+            [x] => Some(x),
             _ => None,
         }
     };
