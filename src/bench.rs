@@ -183,15 +183,17 @@ pub fn profile(model: &Model, image: &Rgb8, options: &BenchOptions) -> Result<Pr
 /// How a matrix product is computed, for [`matmul_throughput`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MatMulKind {
-    /// `MatMul` of f32 activations by f32 weights.
-    F32,
+    /// `MatMul` of f32 activations by f32 weights, on glance's f32 kernel (where this CPU
+    /// runs it, see `model::matmul::claims`) or tract's.
+    F32 { glance: bool },
     /// What a dynamically quantized export runs: `DynamicQuantizeLinear` of the f32
     /// activations, `MatMulInteger` by int8 weights, and the rescale back to f32; the integer
     /// product on the given kernels.
     Int8(Integers),
 }
 
-/// The throughput tract (or, for `Int8(Integers::Glance)`, glance's int8 kernel) reaches on
+/// The throughput tract (or, for `Int8(Integers::Glance)` and `F32 { glance: true }`, glance's
+/// kernel) reaches on
 /// one matrix product `[m, k] x [k, n]` (activations by constant weights, as in a transformer
 /// layer), through the same loading path as a model: GFLOP/s, counting a multiply-add as two
 /// operations. The median of `runs` after one warm-up.
@@ -241,7 +243,7 @@ pub fn matmul_throughput(
     // Weights with some spread, so no kernel can take a shortcut on zeros.
     let weight = |i: usize| ((i * 7919) % 255) as i64 - 127;
     let (nodes, initializers) = match kind {
-        MatMulKind::F32 => (
+        MatMulKind::F32 { .. } => (
             vec![node("MatMul", &["x", "w"], &["y"])],
             vec![TensorProto {
                 name: "w".into(),
@@ -309,8 +311,16 @@ pub fn matmul_throughput(
         }),
         ..Default::default()
     };
-    if let (MatMulKind::Int8(integers), Some(graph)) = (kind, proto.graph.as_mut()) {
-        integers.prepare(graph, &|t| Ok(std::borrow::Cow::Borrowed(&t.raw_data[..])))?;
+    if let Some(graph) = proto.graph.as_mut() {
+        match kind {
+            MatMulKind::Int8(integers) => {
+                integers.prepare(graph, &|t| Ok(std::borrow::Cow::Borrowed(&t.raw_data[..])))?
+            }
+            MatMulKind::F32 { glance: true } if crate::model::matmul::claims() => {
+                crate::model::matmul::claim(graph);
+            }
+            MatMulKind::F32 { .. } => {}
+        }
     }
     let label = PathBuf::from(format!("<{kind:?} matmul {m}x{k}x{n}>"));
     let graph = Graph::prepare(&label, &proto, &Shapes::default(), threads)?;
@@ -380,7 +390,8 @@ mod tests {
     #[test]
     fn matmul_throughput_runs_every_kind() {
         let int8 = [Integers::Tract, Integers::Glance, Integers::F32].map(MatMulKind::Int8);
-        for kind in [MatMulKind::F32].into_iter().chain(int8) {
+        let f32 = [false, true].map(|glance| MatMulKind::F32 { glance });
+        for kind in f32.into_iter().chain(int8) {
             let gflops = matmul_throughput(kind, (8, 32, 16), 1, 2).unwrap();
             assert!(gflops > 0.0 && gflops.is_finite());
         }

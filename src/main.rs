@@ -625,15 +625,21 @@ fn matmul(threads: usize, runs: usize, shapes: &[String], json: bool) -> Result<
     if !json {
         writeln!(
             out,
-            "| m x k x n | f32 GFLOP/s | int8 GOP/s, tract | int8 GOP/s, glance | threads |"
+            "| m x k x n | f32 GFLOP/s, tract | f32 GFLOP/s, glance | int8 GOP/s, tract | \
+             int8 GOP/s, glance | threads |"
         )
         .map_err(io)?;
-        writeln!(out, "|---|---|---|---|---|").map_err(io)?;
+        writeln!(out, "|---|---|---|---|---|---|").map_err(io)?;
     }
-    // glance's kernel only where it runs (x86 with AVX2); elsewhere tract's is the one used.
+    // glance's kernels only where they run (x86 with AVX2); elsewhere tract's are the ones used.
     let ours = Compute::Int8.integers() == Integers::Glance;
+    let ours_f32 = glance::model::matmul::claims();
+    let cell = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
     for (m, k, n) in shapes {
-        let f32 = matmul_throughput(MatMulKind::F32, (m, k, n), threads, runs)?;
+        let f32 = matmul_throughput(MatMulKind::F32 { glance: false }, (m, k, n), threads, runs)?;
+        let f32_glance = ours_f32
+            .then(|| matmul_throughput(MatMulKind::F32 { glance: true }, (m, k, n), threads, runs))
+            .transpose()?;
         let tract = matmul_throughput(MatMulKind::Int8(Integers::Tract), (m, k, n), threads, runs)?;
         let glance = ours
             .then(|| {
@@ -642,13 +648,13 @@ fn matmul(threads: usize, runs: usize, shapes: &[String], json: bool) -> Result<
             .transpose()?;
         if json {
             let row = json!({"m": m, "k": k, "n": n, "threads": threads, "f32_gflops": f32,
-                "int8_gops": tract, "int8_glance_gops": glance});
+                "f32_glance_gflops": f32_glance, "int8_gops": tract, "int8_glance_gops": glance});
             writeln!(out, "{row}").map_err(io)?;
         } else {
-            let glance = glance.map_or("-".into(), |g| format!("{g:.1}"));
+            let (f32_glance, glance) = (cell(f32_glance), cell(glance));
             writeln!(
                 out,
-                "| {m} x {k} x {n} | {f32:.1} | {tract:.1} | {glance} | {threads} |"
+                "| {m} x {k} x {n} | {f32:.1} | {f32_glance} | {tract:.1} | {glance} | {threads} |"
             )
             .map_err(io)?;
         }

@@ -1,6 +1,7 @@
 //! Compute kernels glance brings itself, where tract's are slow on a CPU people use.
 
 pub mod attention;
+pub mod float;
 pub mod int8;
 
 /// Whether this CPU has AVX2 (detected once): the int8 kernel's and the attention kernel's
@@ -22,7 +23,7 @@ pub fn avx2() -> bool {
 }
 
 /// Whether this CPU has AVX2 and fused multiply-adds (detected once): the attention kernel's
-/// blocked product.
+/// blocked product and the f32 product kernel.
 pub fn avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {

@@ -254,6 +254,7 @@ impl Graph {
         // (tract-hf-recipes.md, item 5); tract's own inference is enough.
         let mut onnx = tract_onnx::onnx().with_ignore_value_info(true);
         super::qmatmul::register(&mut onnx);
+        super::matmul::register(&mut onnx);
         super::attention::register(&mut onnx);
         // External references in the proto (see `read_proto`) are resolved against this; a
         // graph made in memory has none.

@@ -8,6 +8,7 @@ pub mod graph;
 pub mod hoist;
 pub mod json;
 pub mod layout;
+pub mod matmul;
 pub mod names;
 pub mod position;
 pub mod qmatmul;
@@ -152,6 +153,14 @@ fn prepare_proto(proto: &mut ModelProto, path: &Path, compute: Compute) -> Resul
         compute::f16_to_f32(g, bytes)?;
     }
     compute.integers().prepare(g, bytes)?;
+    if matmul::claims() {
+        let claimed = matmul::claim(g);
+        log::debug!(
+            "f32 products on glance's kernel: {} with their bias, {} alone",
+            claimed.with_bias,
+            claimed.alone
+        );
+    }
     Ok(())
 }
 

@@ -17,6 +17,7 @@ use tract_onnx::model::{optional_inputs, ParsingContext};
 use tract_onnx::pb::{GraphProto, NodeProto};
 use tract_onnx::tract_hir::internal::*;
 
+use super::matmul::product_shape;
 use super::surgery::{producer, remove_nodes, sole_reader};
 use crate::kernels::int8::{self, Bytes, PackedB};
 
@@ -349,7 +350,7 @@ impl EvalOp for QMatMul {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let a = &inputs[0];
-        let shape = self.output_shape(a.shape())?;
+        let shape = product_shape(a.shape(), self.b.k(), self.b.n())?;
         let m = a.len() / self.b.k();
         let c = match &self.input {
             Activations::Quantized => {
@@ -385,27 +386,9 @@ fn filled<T: Datum + tract_num_traits::Zero>(
     Ok(t)
 }
 
-impl QMatMul {
-    fn output_shape<D: DimLike>(&self, a: &[D]) -> TractResult<TVec<D>> {
-        let Some((k, rest)) = a.split_last() else {
-            bail!("MatMulInteger of a scalar");
-        };
-        if let Ok(k) = k.to_usize() {
-            ensure!(
-                k == self.b.k(),
-                "activations [.., {k}] for weights [{}, ..]",
-                self.b.k()
-            );
-        }
-        let mut shape: TVec<D> = rest.iter().cloned().collect();
-        shape.push(D::from(self.b.n()));
-        Ok(shape)
-    }
-}
-
 impl TypedOp for QMatMul {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let shape = self.output_shape(&inputs[0].shape)?;
+        let shape = product_shape(&inputs[0].shape, self.b.k(), self.b.n())?;
         Ok(tvec!(match self.input {
             Activations::Quantized => i32::fact(shape),
             Activations::Float { .. } => f32::fact(shape),
@@ -422,7 +405,7 @@ impl TypedOp for QMatMul {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::model::compute::Integers;
     use crate::model::graph::{Graph, Shapes};
@@ -433,7 +416,7 @@ mod tests {
         ModelProto, OperatorSetIdProto, TensorProto, TypeProto, ValueInfoProto,
     };
 
-    fn node(op: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
+    pub(in crate::model) fn node(op: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
         NodeProto {
             op_type: op.into(),
             name: outputs[0].into(),
@@ -454,7 +437,12 @@ mod tests {
         cast
     }
 
-    fn tensor(name: &str, dt: DataType, dims: &[usize], raw: Vec<u8>) -> TensorProto {
+    pub(in crate::model) fn tensor(
+        name: &str,
+        dt: DataType,
+        dims: &[usize],
+        raw: Vec<u8>,
+    ) -> TensorProto {
         TensorProto {
             name: name.into(),
             dims: dims.iter().map(|&d| d as i64).collect(),
@@ -464,7 +452,7 @@ mod tests {
         }
     }
 
-    fn float_value(name: &str, dims: &[usize]) -> ValueInfoProto {
+    pub(in crate::model) fn float_value(name: &str, dims: &[usize]) -> ValueInfoProto {
         use tract_onnx::pb::tensor_shape_proto::{dimension::Value, Dimension};
         let dim = |d: usize| Dimension {
             value: Some(Value::DimValue(d as i64)),
@@ -520,6 +508,11 @@ mod tests {
             ],
             ..Default::default()
         };
+        model(graph)
+    }
+
+    /// `graph` as an opset 17 model.
+    pub(in crate::model) fn model(graph: GraphProto) -> ModelProto {
         ModelProto {
             ir_version: 8,
             opset_import: vec![OperatorSetIdProto {

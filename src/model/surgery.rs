@@ -362,6 +362,25 @@ pub fn sole_node_reader(graph: &GraphProto, name: &str) -> Option<usize> {
     readers.next().is_none().then_some(first)
 }
 
+/// The initializer value `name` is, directly or through `Identity` nodes (torch's exporter
+/// writes one `Identity` per parameter whose values equal another's, such as biases that are
+/// all zeros).
+pub fn initializer<'g>(graph: &'g GraphProto, name: &str) -> Option<&'g pb::TensorProto> {
+    let mut name = name;
+    // Bounded: a malformed graph may have an Identity cycle.
+    for _ in 0..8 {
+        if let Some(t) = graph.initializer.iter().find(|t| t.name == name) {
+            return Some(t);
+        }
+        let node = &graph.node[producer(graph, name)?];
+        if node.op_type != "Identity" {
+            return None;
+        }
+        name = node.input.first()?;
+    }
+    None
+}
+
 /// The index of the node that makes value `name`, if a node does.
 pub fn producer(graph: &GraphProto, name: &str) -> Option<usize> {
     graph
