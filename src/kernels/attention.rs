@@ -489,6 +489,11 @@ fn head_attention_any(k: Keys, v: &[f32], rows: usize, d: usize, s: &mut Scratch
 #[inline(always)]
 fn softmax(row: &mut [f32]) {
     let max = super::max(row);
+    if max == f32::NEG_INFINITY {
+        // Every key masked: zeros, as the exports' NaN guard after their softmax makes them.
+        row.fill(0.0);
+        return;
+    }
     let (whole, rest) = row.split_at_mut(row.len() / 8 * 8);
     let mut sums = [0f32; 8];
     for chunk in whole.chunks_exact_mut(8) {

@@ -42,7 +42,7 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use super::names;
-use super::surgery::{producer, remove_nodes, sole_node_reader, sole_reader};
+use super::surgery::{producer, remove_nodes, sole_node_reader, sole_reader, sole_values_reader};
 use crate::kernels::attention::{self, Dims};
 
 /// The op type of a claimed cross-attention. Inputs: `q` (`[rows * heads, queries, depth]` or
@@ -86,7 +86,10 @@ pub fn claim(graph: &mut GraphProto) -> Option<Claimed> {
         .filter(|n| is_cross(n))
         .collect();
     // A chain starts at its keys: the values' inputs start none.
-    let chains: Vec<Chain> = cross.iter().filter_map(|k| chain(graph, k)).collect();
+    let chains: Vec<Chain> = cross
+        .iter()
+        .filter_map(|k| chain(graph, k, Cache::Shared))
+        .collect();
     if chains.is_empty() || cross.len() != 2 * chains.len() {
         return None;
     }
@@ -116,7 +119,7 @@ pub fn claim_self(graph: &mut GraphProto) -> Option<Claimed> {
         .iter()
         .map(|o| o.name.as_str())
         .filter(|n| names::present_key(n).is_some_and(|k| !names::is_cross_attention(k)))
-        .filter_map(|k| chain(graph, k))
+        .filter_map(|k| chain(graph, k, Cache::PerRow))
         .collect();
     rewrite_claimed(graph, chains)
 }
@@ -278,14 +281,28 @@ struct Chain {
     heads_first: Option<usize>,
 }
 
+/// Whose keys and values a chain reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cache {
+    /// One image's, shared by its rows ([`claim`]): the inputs' batch dimension changes
+    /// meaning, so nothing else may read them, not even their shape.
+    Shared,
+    /// Each row's own ([`claim_self`]): their shape may be read elsewhere (GPT-2 slices its
+    /// causal mask by the keys' length).
+    PerRow,
+}
+
 /// The chain that reads cache input `key`, each value in it read by the next node only.
-fn chain(graph: &GraphProto, key: &str) -> Option<Chain> {
+fn chain(graph: &GraphProto, key: &str, cache: Cache) -> Option<Chain> {
     let node = |at: usize| &graph.node[at];
     let out = |at: usize| node(at).output.first().map(String::as_str);
     // Keys and values may also be graph outputs (a step's `present` cache, which stays): the
     // chain's own values may not.
     let sole_reader = |name: &str| sole_reader(graph, name);
-    let cache_reader = |name: &str| sole_node_reader(graph, name);
+    let cache_reader = |name: &str| match cache {
+        Cache::Shared => sole_node_reader(graph, name),
+        Cache::PerRow => sole_values_reader(graph, name),
+    };
     // The one node reading `name`, when it is an `op` reading it as its input `slot`.
     let paired_value = key.strip_suffix(".key").map(|k| format!("{k}.value"));
     let reader = |name: &str, op: &str, slot: usize| {
@@ -351,7 +368,12 @@ fn chain(graph: &GraphProto, key: &str) -> Option<Chain> {
     // Softmax's axis is the last (-1, or 2 of three dimensions) from opset 13; older opsets
     // flattened, so the attribute must say it.
     let axis = node(softmax).attribute.iter().find(|a| a.name == "axis")?.i;
-    let weighted = reader(out(softmax)?, "MatMul", 0)?;
+    let mut weights = out(softmax)?;
+    if let Some([is_nan, guard]) = nan_guard(graph, weights) {
+        dead.extend([is_nan, guard]);
+        weights = out(guard)?;
+    }
+    let weighted = reader(weights, "MatMul", 0)?;
     (axis == -1 || (axis == 2 && key_shape.is_some())).then_some(())?;
     dead.push(softmax);
 
@@ -387,6 +409,45 @@ fn chain(graph: &GraphProto, key: &str) -> Option<Chain> {
         dead,
         heads_first: None,
     })
+}
+
+/// `Where(IsNaN(weights), 0, weights)` after a softmax (GPT-2's SDPA export: rows whose every
+/// score is masked give zeros, not NaN), as the indices of the `IsNaN` and the `Where`, each
+/// value read by the next node only. The kernel gives such rows zeros itself.
+fn nan_guard(graph: &GraphProto, weights: &str) -> Option<[usize; 2]> {
+    let node = |at: usize| &graph.node[at];
+    let readers: Vec<usize> = (0..graph.node.len())
+        .filter(|&at| node(at).input.iter().any(|i| i == weights))
+        .collect();
+    let (is_nan, guard) = match readers[..] {
+        [a, b] if node(a).op_type == "IsNaN" => (a, b),
+        [a, b] if node(b).op_type == "IsNaN" => (b, a),
+        _ => return None,
+    };
+    let flags = node(is_nan).output.first()?;
+    let zero = node(guard).input.get(1)?;
+    let is_zero = super::surgery::initializer(graph, zero)
+        .and_then(|t| super::graph::floats(t, &t.raw_data))
+        .or_else(|| constant_floats(graph, zero))
+        .is_some_and(|v| v.len() == 1 && v[0] == 0.0);
+    let guards = node(guard).op_type == "Where"
+        && node(guard).input[..] == [flags.clone(), zero.clone(), weights.to_string()]
+        && sole_reader(graph, flags) == Some(guard);
+    (guards && is_zero).then_some([is_nan, guard])
+}
+
+/// The values of a `Constant` node's tensor `name`.
+fn constant_floats(graph: &GraphProto, name: &str) -> Option<Vec<f32>> {
+    let at = producer(graph, name)?;
+    let constant = &graph.node[at];
+    (constant.op_type == "Constant").then_some(())?;
+    let t = constant
+        .attribute
+        .iter()
+        .find(|a| a.name == "value")?
+        .t
+        .as_ref()?;
+    super::graph::floats(t, &t.raw_data)
 }
 
 /// The encoder self-attention chain through the Softmax at `softmax`, each value in it read by
@@ -1195,6 +1256,108 @@ mod tests {
         assert_eq!(got.len(), 3, "the output and both present values");
         for (g, w) in got.iter().zip(&want) {
             close(g, w);
+        }
+    }
+
+    /// A step's self-attention GPT-2's way (SDPA export): the 4-D `present` keys transposed
+    /// and scaled, a mask added (an input here; the export's is sliced from its causal mask by
+    /// the keys' shape, read by a `Shape` beside the chain), and the softmax's NaN guard.
+    fn gpt2_self_attention_graph() -> ModelProto {
+        let (k, v) = ("present.0.key", "present.0.value");
+        let (past_key, past_value) = ("past_key_values.0.key", "past_key_values.0.value");
+        let concat = |past: &str, new: &str, present: &str| {
+            node("Concat", &[past, new], present, vec![int("axis", -2)])
+        };
+        let nodes = vec![
+            concat(past_key, "k_new", k),
+            concat(past_value, "v_new", v),
+            node("Transpose", &[k], "kt", vec![ints("perm", &[0, 1, 3, 2])]),
+            node("Mul", &["kt", "scale"], "ks", vec![]),
+            node("MatMul", &["q", "ks"], "scores", vec![]),
+            node("Add", &["scores", "mask"], "masked", vec![]),
+            node("Softmax", &["masked"], "p", vec![int("axis", -1)]),
+            node("IsNaN", &["p"], "nan", vec![]),
+            node("Where", &["nan", "zero", "p"], "p_guarded", vec![]),
+            node("MatMul", &["p_guarded", v], "out", vec![]),
+            node("Shape", &[k], "key_shape", vec![]),
+        ];
+        let float = |name: &str, value: f32| TensorProto {
+            name: name.into(),
+            data_type: DataType::Float as i32,
+            raw_data: value.to_le_bytes().to_vec(),
+            ..Default::default()
+        };
+        let (h, d) = (HEADS.to_string(), DEPTH.to_string());
+        let one: &[&str] = &["rows", &h, "1", &d];
+        let past: &[&str] = &["rows", &h, "past", &d];
+        let inputs: [(&str, &[&str]); 6] = [
+            ("q", one),
+            (past_key, past),
+            (past_value, past),
+            ("k_new", one),
+            ("v_new", one),
+            ("mask", &["1", "1", "1", "total"]),
+        ];
+        let initializer = vec![float("scale", 0.6), float("zero", 0.0)];
+        let mut proto = model(nodes, initializer, &inputs, one);
+        let graph = proto.graph.as_mut().unwrap();
+        for present in [k, v] {
+            let dims = ["rows", &h, "total", &d];
+            graph
+                .output
+                .push(value_info(present, &port(present, &dims)));
+        }
+        proto
+    }
+
+    #[test]
+    fn gpt2_self_attention_is_claimed_with_its_mask_and_nan_guard() {
+        let original = gpt2_self_attention_graph();
+        let mut claimed = original.clone();
+        let c = claim_decoder(claimed.graph.as_mut().unwrap()).expect("the chain is claimed");
+        assert_eq!(c.count, 1);
+        let ops = op_types(&claimed);
+        for gone in ["Softmax", "MatMul", "IsNaN", "Where"] {
+            assert!(!ops.contains(&gone), "{ops:?}");
+        }
+        // Three rows with a past of four positions; then every key masked, where the guard
+        // gives zeros.
+        let some = [0.3, -1.0, f32::MIN, 2.0, -0.5];
+        for (all_masked, mask) in [(false, some), (true, [f32::NEG_INFINITY; 5])] {
+            let mask = Tensor::from_shape(&[1, 1, 1, 5], &mask).unwrap();
+            let inputs = [
+                ("q", tensor(&[3, HEADS, 1, DEPTH], 10)),
+                ("past_key_values.0.key", tensor(&[3, HEADS, 4, DEPTH], 11)),
+                ("past_key_values.0.value", tensor(&[3, HEADS, 4, DEPTH], 12)),
+                ("k_new", tensor(&[3, HEADS, 1, DEPTH], 13)),
+                ("v_new", tensor(&[3, HEADS, 1, DEPTH], 14)),
+                ("mask", mask),
+            ];
+            let run = |proto: &ModelProto| {
+                let g = Graph::prepare(Path::new("<test>"), proto, &Shapes::default(), 1).unwrap();
+                let out = g
+                    .run(|p| {
+                        let (_, t) = inputs.iter().find(|(n, _)| *n == p.name).unwrap();
+                        Ok(t.clone())
+                    })
+                    .unwrap();
+                out.into_iter().map(|t| t.into_tensor()).collect::<Vec<_>>()
+            };
+            let (got, want) = (run(&claimed), run(&original));
+            assert_eq!(
+                got.len(),
+                4,
+                "the output, the keys' shape, both present values"
+            );
+            close(&got[0], &want[0]);
+            for (g, w) in got.iter().zip(&want).skip(1) {
+                assert_eq!(g, w);
+            }
+            if all_masked {
+                let out = got[0].try_as_plain_ram().unwrap();
+                let out = out.as_slice::<f32>().unwrap();
+                assert!(out.iter().all(|&x| x == 0.0), "{out:?}");
+            }
         }
     }
 

@@ -353,11 +353,25 @@ pub fn sole_reader(graph: &GraphProto, name: &str) -> Option<usize> {
 
 /// The index of the only node reading value `name`, whether or not it is also a graph output.
 pub fn sole_node_reader(graph: &GraphProto, name: &str) -> Option<usize> {
+    sole_matching_reader(graph, name, |_| true)
+}
+
+/// The index of the only node reading the values of `name` (other nodes may read its shape),
+/// whether or not it is also a graph output.
+pub fn sole_values_reader(graph: &GraphProto, name: &str) -> Option<usize> {
+    sole_matching_reader(graph, name, |n| n.op_type != "Shape")
+}
+
+fn sole_matching_reader(
+    graph: &GraphProto,
+    name: &str,
+    counts: impl Fn(&NodeProto) -> bool,
+) -> Option<usize> {
     let mut readers = graph
         .node
         .iter()
         .enumerate()
-        .filter(|(_, n)| n.input.iter().any(|i| i == name));
+        .filter(|(_, n)| counts(n) && n.input.iter().any(|i| i == name));
     let (first, _) = readers.next()?;
     readers.next().is_none().then_some(first)
 }
