@@ -53,14 +53,6 @@ impl PackedWeights {
         Ok(PackedWeights { k, n, panels })
     }
 
-    pub fn k(&self) -> usize {
-        self.k
-    }
-
-    pub fn n(&self) -> usize {
-        self.n
-    }
-
     fn panel(&self, j: usize) -> &[f32] {
         &self.panels[j * self.k * TILE..][..self.k * TILE]
     }

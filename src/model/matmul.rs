@@ -153,22 +153,21 @@ impl Expansion for Parsed {
         model: &mut TypedModel,
         inputs: &[OutletId],
     ) -> TractResult<TVec<OutletId>> {
-        let constant = |outlet: OutletId, what: &str| -> TractResult<Vec<f32>> {
-            let t = model
+        let constant = |outlet: OutletId, what: &str| -> TractResult<Arc<Tensor>> {
+            model
                 .outlet_fact(outlet)?
                 .konst
                 .clone()
-                .with_context(|| format!("{prefix}: the {what} of MatMul are not constant"))?;
-            Ok(t.try_as_plain_ram()?.as_slice::<f32>()?.to_vec())
+                .with_context(|| format!("{prefix}: the {what} of MatMul are not constant"))
         };
-        let (k, n) = match model.outlet_fact(inputs[1])?.shape.as_concrete() {
-            Some(&[k, n]) => (k, n),
+        let weights = constant(inputs[1], "weights")?;
+        let (k, n) = match weights.shape() {
+            &[k, n] => (k, n),
             other => bail!("{prefix}: MatMul weights of shape {other:?}, expected 2-D"),
         };
-        let packed = PackedWeights::new(&constant(inputs[1], "weights")?, k, n)
-            .map_err(|e| format_err!("{prefix}: {e}"))?;
         let bias = if self.bias {
             let bias = constant(inputs[2], "bias")?;
+            let bias = bias.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
             ensure!(
                 bias.len() == n,
                 "{prefix}: a bias of {} values for {n} columns",
@@ -179,7 +178,9 @@ impl Expansion for Parsed {
             vec![]
         };
         let op = MatMul {
-            b: Arc::new(packed),
+            weights: Weights::Plain(weights),
+            k,
+            n,
             bias: Arc::new(bias),
         };
         model.wire_node(prefix, op, &[inputs[0]])
@@ -199,17 +200,41 @@ pub(super) fn product_shape<D: DimLike>(a: &[D], k: usize, n: usize) -> TractRes
     Ok(shape)
 }
 
-/// `[..., m, k]` activations times the packed `[k, n]` weights, plus the bias if any.
+/// `[..., m, k]` activations times the `[k, n]` weights, plus the bias if any.
 #[derive(Debug, Clone)]
 pub struct MatMul {
-    b: Arc<PackedWeights>,
+    weights: Weights,
+    k: usize,
+    n: usize,
     /// `[n]`, or empty.
     bias: Arc<Vec<f32>>,
 }
 
+/// A product's weights.
+#[derive(Debug, Clone)]
+enum Weights {
+    /// tract's constant, until the plan's code generation packs it ([`TypedOp::codegen`]):
+    /// packed when the node is wired, every packed copy of a graph was alive beside every
+    /// unpacked constant of tract's parsed model (ViT-GPT2 fp32: peak RSS 1583 -> 1753 MB).
+    Plain(Arc<Tensor>),
+    Packed(Arc<PackedWeights>),
+}
+
+impl Weights {
+    fn pack(t: &Tensor, k: usize, n: usize) -> TractResult<PackedWeights> {
+        let values = t.try_as_plain_ram()?;
+        PackedWeights::new(values.as_slice::<f32>()?, k, n).map_err(|e| format_err!("{e}"))
+    }
+}
+
 impl PartialEq for MatMul {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.b, &other.b) && Arc::ptr_eq(&self.bias, &other.bias)
+        let same_weights = match (&self.weights, &other.weights) {
+            (Weights::Plain(a), Weights::Plain(b)) => Arc::ptr_eq(a, b),
+            (Weights::Packed(a), Weights::Packed(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        same_weights && Arc::ptr_eq(&self.bias, &other.bias)
     }
 }
 
@@ -226,11 +251,7 @@ impl Op for MatMul {
         } else {
             " and bias"
         };
-        Ok(vec![format!(
-            "[{}, {}] weights{bias}",
-            self.b.k(),
-            self.b.n()
-        )])
+        Ok(vec![format!("[{}, {}] weights{bias}", self.k, self.n)])
     }
 
     op_as_typed_op!();
@@ -240,35 +261,57 @@ impl EvalOp for MatMul {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let packed_now;
+        let b = match &self.weights {
+            Weights::Packed(b) => b,
+            // Only a graph run before its code generation (tract's constant folding).
+            Weights::Plain(t) => {
+                packed_now = Weights::pack(t, self.k, self.n)?;
+                &packed_now
+            }
+        };
         let a = &inputs[0];
-        let shape = product_shape(a.shape(), self.b.k(), self.b.n())?;
-        let m = a.len() / self.b.k();
+        let shape = product_shape(a.shape(), self.k, self.n)?;
+        let m = a.len() / self.k;
         let a = a.try_as_plain_ram()?;
         // SAFETY: f32 has no invalid bit patterns, and the kernel writes every value.
         let mut c = unsafe { Tensor::uninitialized::<f32>(&shape)? };
         let mut out = c.try_as_plain_ram_mut()?;
-        float::matmul(
-            a.as_slice::<f32>()?,
-            m,
-            &self.b,
-            &self.bias,
-            out.as_slice_mut()?,
-        )
-        .map_err(|e| format_err!("{e}"))?;
+        float::matmul(a.as_slice::<f32>()?, m, b, &self.bias, out.as_slice_mut()?)
+            .map_err(|e| format_err!("{e}"))?;
         Ok(tvec!(c.into_tvalue()))
     }
 }
 
 impl TypedOp for MatMul {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let shape = product_shape(&inputs[0].shape, self.b.k(), self.b.n())?;
+        let shape = product_shape(&inputs[0].shape, self.k, self.n)?;
         Ok(tvec!(f32::fact(shape)))
     }
 
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
         let rows: TDim = inputs[0].shape.iter().rev().skip(1).product();
-        let macs = rows * (self.b.k() * self.b.n());
+        let macs = rows * (self.k * self.n);
         Ok(tvec!((Cost::FMA(f32::datum_type()), macs)))
+    }
+
+    /// Packs the weights, one node at a time, once tract's parsed model is gone: each
+    /// constant is freed as its packed copy replaces it.
+    fn codegen(
+        &self,
+        model: &TypedModel,
+        node: &TypedNode,
+    ) -> TractResult<Option<TypedModelPatch>> {
+        let Weights::Plain(t) = &self.weights else {
+            return Ok(None);
+        };
+        let packed = Weights::pack(t, self.k, self.n)
+            .with_context(|| format!("{}: packing the weights", node.name))?;
+        let op = MatMul {
+            weights: Weights::Packed(Arc::new(packed)),
+            ..self.clone()
+        };
+        TypedModelPatch::replace_single_op(model, node, &node.inputs, op).map(Some)
     }
 
     as_op!();
@@ -352,6 +395,21 @@ mod tests {
         );
         assert_eq!(graph.node[1].input, ["x", "w", "b"]);
         assert_eq!(graph.node[1].output, ["y1"]);
+    }
+
+    #[test]
+    fn the_plan_holds_the_weights_packed_only() {
+        let mut proto = linear_graph(8, 5);
+        claim(proto.graph.as_mut().unwrap());
+        let mut onnx = tract_onnx::onnx();
+        register(&mut onnx);
+        let parsed = onnx.parse(&proto, None).unwrap().model;
+        let plan = parsed.into_optimized().unwrap();
+        let products: Vec<&MatMul> = plan.nodes().iter().filter_map(|n| n.op_as()).collect();
+        assert_eq!(products.len(), 4);
+        for p in products {
+            assert!(matches!(p.weights, Weights::Packed(_)), "{p:?}");
+        }
     }
 
     #[test]
