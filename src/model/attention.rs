@@ -1032,6 +1032,18 @@ mod tests {
         out[0].clone().into_tensor()
     }
 
+    /// Every output of `proto` run on `inputs` (by name).
+    fn run_named(proto: &ModelProto, inputs: &[(&str, Tensor)]) -> Vec<Tensor> {
+        let g = Graph::prepare(Path::new("<test>"), proto, &Shapes::default(), 1).unwrap();
+        let out = g
+            .run(|p| {
+                let (_, t) = inputs.iter().find(|(n, _)| *n == p.name).unwrap();
+                Ok(t.clone())
+            })
+            .unwrap();
+        out.into_iter().map(|t| t.into_tensor()).collect()
+    }
+
     fn close(a: &Tensor, b: &Tensor) {
         assert_eq!(a.shape(), b.shape());
         let (a, b) = (a.try_as_plain_ram().unwrap(), b.try_as_plain_ram().unwrap());
@@ -1242,17 +1254,7 @@ mod tests {
             ("k_new", tensor(&[3, HEADS, 1, DEPTH], 13)),
             ("v_new", tensor(&[3, HEADS, 1, DEPTH], 14)),
         ];
-        let run = |proto: &ModelProto| {
-            let g = Graph::prepare(Path::new("<test>"), proto, &Shapes::default(), 1).unwrap();
-            let out = g
-                .run(|p| {
-                    let (_, t) = inputs.iter().find(|(n, _)| *n == p.name).unwrap();
-                    Ok(t.clone())
-                })
-                .unwrap();
-            out.into_iter().map(|t| t.into_tensor()).collect::<Vec<_>>()
-        };
-        let (got, want) = (run(&claimed), run(&original));
+        let (got, want) = (run_named(&claimed, &inputs), run_named(&original, &inputs));
         assert_eq!(got.len(), 3, "the output and both present values");
         for (g, w) in got.iter().zip(&want) {
             close(g, w);
@@ -1333,17 +1335,7 @@ mod tests {
                 ("v_new", tensor(&[3, HEADS, 1, DEPTH], 14)),
                 ("mask", mask),
             ];
-            let run = |proto: &ModelProto| {
-                let g = Graph::prepare(Path::new("<test>"), proto, &Shapes::default(), 1).unwrap();
-                let out = g
-                    .run(|p| {
-                        let (_, t) = inputs.iter().find(|(n, _)| *n == p.name).unwrap();
-                        Ok(t.clone())
-                    })
-                    .unwrap();
-                out.into_iter().map(|t| t.into_tensor()).collect::<Vec<_>>()
-            };
-            let (got, want) = (run(&claimed), run(&original));
+            let (got, want) = (run_named(&claimed, &inputs), run_named(&original, &inputs));
             assert_eq!(
                 got.len(),
                 4,

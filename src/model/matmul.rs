@@ -140,11 +140,7 @@ impl Expansion for Parsed {
             s.equals(&input.datum_type, f32::datum_type())?;
         }
         s.equals(&outputs[0].datum_type, f32::datum_type())?;
-        s.given_2(&inputs[0].shape, &inputs[1].shape, move |s, a, b| {
-            let (_, _, c, _) =
-                tract_onnx::tract_hir::ops::matmul::compute_shapes(a, b, false, false, false)?;
-            s.equals(&outputs[0].shape, c)
-        })
+        product_shape_rule(s, inputs, outputs)
     }
 
     fn wire(
@@ -153,20 +149,9 @@ impl Expansion for Parsed {
         model: &mut TypedModel,
         inputs: &[OutletId],
     ) -> TractResult<TVec<OutletId>> {
-        let constant = |outlet: OutletId, what: &str| -> TractResult<Arc<Tensor>> {
-            model
-                .outlet_fact(outlet)?
-                .konst
-                .clone()
-                .with_context(|| format!("{prefix}: the {what} of MatMul are not constant"))
-        };
-        let weights = constant(inputs[1], "weights")?;
-        let (k, n) = match weights.shape() {
-            &[k, n] => (k, n),
-            other => bail!("{prefix}: MatMul weights of shape {other:?}, expected 2-D"),
-        };
+        let (weights, k, n) = weights(model, inputs[1], prefix)?;
         let bias = if self.bias {
-            let bias = constant(inputs[2], "bias")?;
+            let bias = constant(model, inputs[2], prefix, "bias")?;
             let bias = bias.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
             ensure!(
                 bias.len() == n,
@@ -185,6 +170,44 @@ impl Expansion for Parsed {
         };
         model.wire_node(prefix, op, &[inputs[0]])
     }
+}
+
+/// The constant at `outlet`: `what` the node named `prefix` reads.
+pub(super) fn constant(
+    model: &TypedModel,
+    outlet: OutletId,
+    prefix: &str,
+    what: &str,
+) -> TractResult<Arc<Tensor>> {
+    let fact = model.outlet_fact(outlet)?;
+    let konst = fact.konst.clone();
+    konst.with_context(|| format!("{prefix}: the {what} are not constant"))
+}
+
+/// The constant 2-D weights at `outlet` and their shape `(k, n)`.
+pub(super) fn weights(
+    model: &TypedModel,
+    outlet: OutletId,
+    prefix: &str,
+) -> TractResult<(Arc<Tensor>, usize, usize)> {
+    let weights = constant(model, outlet, prefix, "weights")?;
+    match *weights.shape() {
+        [k, n] => Ok((weights, k, n)),
+        ref other => bail!("{prefix}: weights of shape {other:?}, expected 2-D"),
+    }
+}
+
+/// The output's shape rule of a product of inputs 0 and 1 (activations by weights).
+pub(super) fn product_shape_rule<'r, 'p: 'r>(
+    s: &mut Solver<'r>,
+    inputs: &'p [TensorProxy],
+    outputs: &'p [TensorProxy],
+) -> TractResult<()> {
+    s.given_2(&inputs[0].shape, &inputs[1].shape, move |s, a, b| {
+        let (_, _, c, _) =
+            tract_onnx::tract_hir::ops::matmul::compute_shapes(a, b, false, false, false)?;
+        s.equals(&outputs[0].shape, c)
+    })
 }
 
 /// The shape of `[..., m, k]` activations times `[k, n]` weights: `[..., m, n]`.

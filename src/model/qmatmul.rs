@@ -17,7 +17,7 @@ use tract_onnx::model::{optional_inputs, ParsingContext};
 use tract_onnx::pb::{GraphProto, NodeProto};
 use tract_onnx::tract_hir::internal::*;
 
-use super::matmul::product_shape;
+use super::matmul::{constant, product_shape, product_shape_rule, weights};
 use super::surgery::{producer, remove_nodes, sole_reader};
 use crate::kernels::int8::{self, Bytes, PackedB};
 
@@ -228,11 +228,7 @@ impl Expansion for Parsed {
         if let Some(z) = self.b_zero {
             s.equals(&inputs[z].datum_type, &inputs[1].datum_type)?
         }
-        s.given_2(&inputs[0].shape, &inputs[1].shape, move |s, a, b| {
-            let (_, _, c, _) =
-                tract_onnx::tract_hir::ops::matmul::compute_shapes(a, b, false, false, false)?;
-            s.equals(&outputs[0].shape, c)
-        })
+        product_shape_rule(s, inputs, outputs)
     }
 
     fn wire(
@@ -241,20 +237,10 @@ impl Expansion for Parsed {
         model: &mut TypedModel,
         inputs: &[OutletId],
     ) -> TractResult<TVec<OutletId>> {
-        let constant =
-            |outlet: OutletId, what: &str| -> TractResult<Arc<Tensor>> {
-                model.outlet_fact(outlet)?.konst.clone().with_context(|| {
-                    format!("{prefix}: the {what} of MatMulInteger are not constant")
-                })
-            };
-        let weights = constant(inputs[1], "weights")?;
+        let (weights, k, n) = weights(model, inputs[1], prefix)?;
         let b_zero: Vec<i32> = match self.b_zero {
-            Some(z) => integers(&*constant(inputs[z], "weight zero points")?)?,
+            Some(z) => integers(&*constant(model, inputs[z], prefix, "weight zero points")?)?,
             None => vec![],
-        };
-        let (k, n) = match weights.shape() {
-            &[k, n] => (k, n),
-            other => bail!("{prefix}: MatMulInteger weights of shape {other:?}, expected 2-D"),
         };
         let b = Bytes {
             values: weights.as_bytes(),
@@ -263,7 +249,7 @@ impl Expansion for Parsed {
         let packed = PackedB::new(b, k, n, &b_zero).map_err(|e| format_err!("{prefix}: {e}"))?;
         let input = match self.w_scale {
             Some(at) => {
-                let scale = constant(inputs[at], "weight scales")?;
+                let scale = constant(model, inputs[at], prefix, "weight scales")?;
                 let scale = scale.cast_to::<f32>()?;
                 let scale = scale.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
                 ensure!(
