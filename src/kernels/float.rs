@@ -87,8 +87,12 @@ pub fn matmul(
         // its own panels only.
         unsafe { panels_of(a, m, b, bias, panels, out) }
     };
-    let worth = m * k * n >= PARALLEL_MACS && (m > MR || 4 * k * n >= PARALLEL_STREAM_BYTES);
-    super::split(b.panel_count(), worth, part);
+    // A decoding step's product: the helper thread streams half of the weights.
+    let step = m <= MR && 4 * k * n >= super::HELPED_BYTES;
+    if !(step && super::helper::split(b.panel_count(), &part)) {
+        let worth = m * k * n >= PARALLEL_MACS && (m > MR || 4 * k * n >= PARALLEL_STREAM_BYTES);
+        super::split(b.panel_count(), worth, part);
+    }
     Ok(())
 }
 
@@ -305,18 +309,22 @@ mod tests {
 
     #[test]
     fn threads_give_the_same_bits() {
-        // Large enough to be split (PARALLEL_MACS), with a panel tail.
-        let (m, k, n) = (40, 128, 250);
-        let (a, b, bias) = (values(m * k, 4), values(k * n, 5), values(n, 6));
-        let packed = PackedWeights::new(&b, k, n).unwrap();
-        let run = || {
-            let mut c = vec![0f32; m * n];
-            matmul(&a, m, &packed, &bias, &mut c).unwrap();
-            c
-        };
-        let one = run();
-        let three = multithread_tract_scope(Executor::multithread(3), run);
-        assert_eq!(one, three);
+        // Large enough to be split on the pool (PARALLEL_MACS), with a panel tail; and a
+        // decoding step's row, split with the helper thread (HELPED_BYTES).
+        for (m, k, n) in [(40, 128, 250), (1, 128, 1000)] {
+            let (a, b, bias) = (values(m * k, 4), values(k * n, 5), values(n, 6));
+            let packed = PackedWeights::new(&b, k, n).unwrap();
+            let run = || {
+                let mut c = vec![0f32; m * n];
+                matmul(&a, m, &packed, &bias, &mut c).unwrap();
+                c
+            };
+            let one = run();
+            for threads in [2, 3] {
+                let many = multithread_tract_scope(Executor::multithread(threads), run);
+                assert_eq!(one, many, "{m}x{k}x{n}, {threads} threads");
+            }
+        }
     }
 
     #[test]

@@ -85,12 +85,15 @@ pub struct PackedB {
 
 #[derive(Debug, Clone)]
 struct Quads {
+    // Read by the x86 micro-kernels only; elsewhere `vnni()` finds none.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     vnni: Vnni,
     column_sums: Vec<i32>,
 }
 
 /// Which `vpdpbusd` this CPU has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 enum Vnni {
     /// AVX-512 VNNI with 256-bit registers (AVX-512 VL).
     Avx512,
@@ -388,8 +391,13 @@ fn run(a: &PackedA, m: usize, b: &PackedB, out: Out) {
         // its own tiles only.
         unsafe { tiles_of(a, m, b, range, out) }
     };
-    let worth = m * b.k * b.n >= PARALLEL_MACS && (m > MR || b.k * b.n >= PARALLEL_STREAM_BYTES);
-    super::split(tiles, worth, part);
+    // A decoding step's product: the helper thread streams half of the weights.
+    let step = m <= MR && b.k * b.n >= super::HELPED_BYTES;
+    if !(step && super::helper::split(tiles, &part)) {
+        let worth =
+            m * b.k * b.n >= PARALLEL_MACS && (m > MR || b.k * b.n >= PARALLEL_STREAM_BYTES);
+        super::split(tiles, worth, part);
+    }
 }
 
 /// Columns `TILE * tiles` of every row.
@@ -876,6 +884,29 @@ mod tests {
             dynamic_matmul(&zeros, m, &packed, &[0.02], &mut y).unwrap();
             assert!(y.iter().all(|&v| v == 0.0), "{path}");
         });
+    }
+
+    #[test]
+    fn a_steps_row_split_with_the_helper_thread_is_exact() {
+        use tract_linalg::multithread::{multithread_tract_scope, Executor};
+        // One row by 512 KiB of weights (HELPED_BYTES): the helper computes half the tiles.
+        let (m, k, n) = (1, 512, 1024);
+        let x: Vec<f32> = (0..k)
+            .map(|i| ((i * 37 % 101) as f32 - 60.0) * 0.173)
+            .collect();
+        let bv = bytes(k * n, 11);
+        let b = Bytes {
+            values: &bv,
+            signed: true,
+        };
+        let packed = PackedB::new(b, k, n, &[]).unwrap();
+        let run = || {
+            let mut y = vec![0f32; m * n];
+            dynamic_matmul(&x, m, &packed, &[0.02], &mut y).unwrap();
+            y
+        };
+        let two = multithread_tract_scope(Executor::multithread(2), run);
+        assert_eq!(two, dynamic_reference(&x, m, k, &bv, n, 0.02));
     }
 
     #[test]
