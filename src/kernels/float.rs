@@ -25,8 +25,9 @@ const BLOCK_ROWS: usize = 16 * MR;
 /// Below this many multiply-adds a product runs on one thread: waking a pool costs more.
 const PARALLEL_MACS: usize = 1 << 20;
 /// A product of at most a micro-tile's rows (a decoding step) streams its weights from
-/// memory: it is split over threads only from this many weight bytes on (an LM head), as the
-/// int8 kernel measured for its own (`kernels::int8`).
+/// memory: it goes to the helper thread from `HELPED_BYTES` on (`kernels::helper`), and when
+/// that is busy, to tract's pool only from this many weight bytes on (an LM head), as the int8
+/// kernel measured for its own (`kernels::int8`).
 const PARALLEL_STREAM_BYTES: usize = 8 << 20;
 
 /// Weights `[k, n]` packed in panels of [`TILE`] columns (the last one padded with zeros).

@@ -44,8 +44,8 @@ const A_BLOCK_BYTES: usize = 32 * 1024;
 /// Below this many multiply-adds a product runs on one thread: waking a pool costs more.
 const PARALLEL_MACS: usize = 1 << 20;
 /// A product of at most a micro-tile's rows (a decoding step, greedy or four beams) streams its
-/// weights from memory: it is split over threads only from this many weight bytes on (an LM
-/// head). `glance matmul` on Zen 4, one thread against two: 1x768x3072 (2.4 MB) 97.9 against
+/// weights from memory: it goes to the helper thread from `HELPED_BYTES` on (`kernels::helper`),
+/// and when that is busy, to tract's pool only from this many weight bytes on (an LM head). `glance matmul` on Zen 4, one thread against two: 1x768x3072 (2.4 MB) 97.9 against
 /// 63.3 GOP/s, 1x256x64044 (16.4 MB) 54.5 against 86.3, 1x768x50257 36.2 against 56.8; the
 /// ViT-GPT2 q8 step at two threads went from 14.6-20.0 to 13.2-15.1 ms greedy and from 34.6-41.5
 /// to 30.8-31.3 ms at four beams.
