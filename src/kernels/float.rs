@@ -22,13 +22,6 @@ const MR: usize = 6;
 /// Rows per block: the block's rows of `a` (96 x 384 values, 144 KiB) stay in L2 while every
 /// panel passes over them.
 const BLOCK_ROWS: usize = 16 * MR;
-/// Below this many multiply-adds a product runs on one thread: waking a pool costs more.
-const PARALLEL_MACS: usize = 1 << 20;
-/// A product of at most a micro-tile's rows (a decoding step) streams its weights from
-/// memory: it goes to the helper thread from `HELPED_BYTES` on (`kernels::helper`), and when
-/// that is busy, to tract's pool only from this many weight bytes on (an LM head), as the int8
-/// kernel measured for its own (`kernels::int8`).
-const PARALLEL_STREAM_BYTES: usize = 8 << 20;
 
 /// Weights `[k, n]` packed in panels of [`TILE`] columns (the last one padded with zeros).
 #[derive(Debug)]
@@ -88,12 +81,13 @@ pub fn matmul(
         // its own panels only.
         unsafe { panels_of(a, m, b, bias, panels, out) }
     };
-    // A decoding step's product: the helper thread streams half of the weights.
-    let step = m <= MR && 4 * k * n >= super::HELPED_BYTES;
-    if !(step && super::helper::split(b.panel_count(), &part)) {
-        let worth = m * k * n >= PARALLEL_MACS && (m > MR || 4 * k * n >= PARALLEL_STREAM_BYTES);
-        super::split(b.panel_count(), worth, part);
-    }
+    let work = super::Product {
+        rows: m,
+        tile_rows: MR,
+        macs: m * k * n,
+        weight_bytes: 4 * k * n,
+    };
+    super::split_product(b.panel_count(), work, part);
     Ok(())
 }
 
@@ -310,8 +304,8 @@ mod tests {
 
     #[test]
     fn threads_give_the_same_bits() {
-        // Large enough to be split on the pool (PARALLEL_MACS), with a panel tail; and a
-        // decoding step's row, split with the helper thread (HELPED_BYTES).
+        // Large enough to be split on the pool (`kernels::PARALLEL_MACS`), with a panel tail;
+        // and a decoding step's row, split with the helper thread (`kernels::HELPED_BYTES`).
         for (m, k, n) in [(40, 128, 250), (1, 128, 1000)] {
             let (a, b, bias) = (values(m * k, 4), values(k * n, 5), values(n, 6));
             let packed = PackedWeights::new(&b, k, n).unwrap();

@@ -41,15 +41,6 @@ const MR: usize = 4;
 /// Bytes of packed activations a block of rows may take, so a block stays in L1 while a
 /// weight tile streams past it.
 const A_BLOCK_BYTES: usize = 32 * 1024;
-/// Below this many multiply-adds a product runs on one thread: waking a pool costs more.
-const PARALLEL_MACS: usize = 1 << 20;
-/// A product of at most a micro-tile's rows (a decoding step, greedy or four beams) streams its
-/// weights from memory: it goes to the helper thread from `HELPED_BYTES` on (`kernels::helper`),
-/// and when that is busy, to tract's pool only from this many weight bytes on (an LM head). `glance matmul` on Zen 4, one thread against two: 1x768x3072 (2.4 MB) 97.9 against
-/// 63.3 GOP/s, 1x256x64044 (16.4 MB) 54.5 against 86.3, 1x768x50257 36.2 against 56.8; the
-/// ViT-GPT2 q8 step at two threads went from 14.6-20.0 to 13.2-15.1 ms greedy and from 34.6-41.5
-/// to 30.8-31.3 ms at four beams.
-const PARALLEL_STREAM_BYTES: usize = 8 << 20;
 
 /// 8-bit values and whether they are signed (int8) or not (uint8).
 #[derive(Debug, Clone, Copy)]
@@ -391,13 +382,13 @@ fn run(a: &PackedA, m: usize, b: &PackedB, out: Out) {
         // its own tiles only.
         unsafe { tiles_of(a, m, b, range, out) }
     };
-    // A decoding step's product: the helper thread streams half of the weights.
-    let step = m <= MR && b.k * b.n >= super::HELPED_BYTES;
-    if !(step && super::helper::split(tiles, &part)) {
-        let worth =
-            m * b.k * b.n >= PARALLEL_MACS && (m > MR || b.k * b.n >= PARALLEL_STREAM_BYTES);
-        super::split(tiles, worth, part);
-    }
+    let work = super::Product {
+        rows: m,
+        tile_rows: MR,
+        macs: m * b.k * b.n,
+        weight_bytes: b.k * b.n,
+    };
+    super::split_product(tiles, work, part);
 }
 
 /// Columns `TILE * tiles` of every row.

@@ -37,11 +37,41 @@ pub fn avx2_fma() -> bool {
     }
 }
 
+/// Below this many multiply-adds a product runs on one thread: waking a pool costs more.
+const PARALLEL_MACS: usize = 1 << 20;
+/// A product of at most a micro-tile's rows (a decoding step, greedy or four beams) streams its
+/// weights from memory: when the helper thread is busy, it is split over tract's pool only from
+/// this many weight bytes on (an LM head). Measured with the int8 kernel, `glance matmul` on Zen
+/// 4, one thread against two: 1x768x3072 (2.4 MB) 97.9 against 63.3 GOP/s, 1x256x64044 (16.4
+/// MB) 54.5 against 86.3, 1x768x50257 36.2 against 56.8; the ViT-GPT2 q8 step at two threads
+/// went from 14.6-20.0 to 13.2-15.1 ms greedy and from 34.6-41.5 to 30.8-31.3 ms at four beams.
+const PARALLEL_STREAM_BYTES: usize = 8 << 20;
 /// Weight bytes from which a decoding step's product (at most a micro-tile's rows) has the
 /// helper thread ([`helper`]) stream half of them. ViT-GPT2 q8, `glance bench --threads 2
 /// --num-beams 1`, alternating: without the helper 8.7-10.7 ms a token, from 64 KiB 6.4-6.8,
 /// from 256 KiB 6.4-8.0, from 1 MB 7.7-8.0.
 const HELPED_BYTES: usize = 256 << 10;
+
+/// The size of a product by constant weights, which decides where [`split_product`] runs it.
+struct Product {
+    rows: usize,
+    /// Rows of the kernel's micro-tile: a product of no more is a decoding step's.
+    tile_rows: usize,
+    macs: usize,
+    weight_bytes: usize,
+}
+
+/// Runs a product's `part` on all of `0..tasks` (blocks of columns): a decoding step's with the
+/// helper thread from [`HELPED_BYTES`] of weights on, else through [`split`], on the pool when
+/// it is large enough ([`PARALLEL_MACS`]; a step's from [`PARALLEL_STREAM_BYTES`] on).
+fn split_product(tasks: usize, work: Product, part: impl Fn(std::ops::Range<usize>) + Sync) {
+    let step = work.rows <= work.tile_rows;
+    if step && work.weight_bytes >= HELPED_BYTES && helper::split(tasks, &part) {
+        return;
+    }
+    let worth = work.macs >= PARALLEL_MACS && (!step || work.weight_bytes >= PARALLEL_STREAM_BYTES);
+    split(tasks, worth, part);
+}
 
 /// Runs `part` on all of `0..tasks`: in contiguous ranges on tract's thread pool when the work
 /// is worth waking it (`parallel`) and the plan being run has one (`RunOptions::executor`, the

@@ -34,7 +34,7 @@
 use tract_onnx::model::{optional_inputs, ParsingContext};
 use tract_onnx::pb::{
     attribute_proto::AttributeType, tensor_shape_proto::dimension::Value, AttributeProto,
-    GraphProto, ModelProto, NodeProto, ValueInfoProto,
+    GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto,
 };
 use tract_onnx::tract_hir::internal::*;
 
@@ -42,7 +42,9 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use super::names;
-use super::surgery::{producer, remove_nodes, sole_node_reader, sole_reader, sole_values_reader};
+use super::surgery::{
+    constant_node_tensor, producer, remove_nodes, sole_node_reader, sole_reader, sole_values_reader,
+};
 use crate::kernels::attention::{self, Dims};
 
 /// The op type of a claimed cross-attention. Inputs: `q` (`[rows * heads, queries, depth]` or
@@ -426,28 +428,15 @@ fn nan_guard(graph: &GraphProto, weights: &str) -> Option<[usize; 2]> {
     };
     let flags = node(is_nan).output.first()?;
     let zero = node(guard).input.get(1)?;
+    let constant = |t: &TensorProto| super::graph::floats(t, &t.raw_data);
     let is_zero = super::surgery::initializer(graph, zero)
-        .and_then(|t| super::graph::floats(t, &t.raw_data))
-        .or_else(|| constant_floats(graph, zero))
+        .and_then(constant)
+        .or_else(|| constant_node_tensor(graph, zero).and_then(constant))
         .is_some_and(|v| v.len() == 1 && v[0] == 0.0);
     let guards = node(guard).op_type == "Where"
         && node(guard).input[..] == [flags.clone(), zero.clone(), weights.to_string()]
         && sole_reader(graph, flags) == Some(guard);
     (guards && is_zero).then_some([is_nan, guard])
-}
-
-/// The values of a `Constant` node's tensor `name`.
-fn constant_floats(graph: &GraphProto, name: &str) -> Option<Vec<f32>> {
-    let at = producer(graph, name)?;
-    let constant = &graph.node[at];
-    (constant.op_type == "Constant").then_some(())?;
-    let t = constant
-        .attribute
-        .iter()
-        .find(|a| a.name == "value")?
-        .t
-        .as_ref()?;
-    super::graph::floats(t, &t.raw_data)
 }
 
 /// The encoder self-attention chain through the Softmax at `softmax`, each value in it read by

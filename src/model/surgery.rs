@@ -131,18 +131,7 @@ pub fn small_powers_as_products(graph: &mut GraphProto) {
     let exponent = |name: &str| -> Option<f32> {
         let tensor = match graph.initializer.iter().find(|t| t.name == name) {
             Some(t) => t,
-            None => {
-                let at = producer(graph, name)?;
-                let node = &graph.node[at];
-                if node.op_type != "Constant" {
-                    return None;
-                }
-                node.attribute
-                    .iter()
-                    .find(|a| a.name == "value")?
-                    .t
-                    .as_ref()?
-            }
+            None => constant_node_tensor(graph, name)?,
         };
         if tensor.data_type != pb::tensor_proto::DataType::Float as i32 {
             return None;
@@ -393,6 +382,16 @@ pub fn initializer<'g>(graph: &'g GraphProto, name: &str) -> Option<&'g pb::Tens
         name = node.input.first()?;
     }
     None
+}
+
+/// The tensor of the `Constant` node (its `value` attribute) that makes value `name`.
+pub fn constant_node_tensor<'g>(graph: &'g GraphProto, name: &str) -> Option<&'g pb::TensorProto> {
+    let node = &graph.node[producer(graph, name)?];
+    if node.op_type != "Constant" {
+        return None;
+    }
+    let value = node.attribute.iter().find(|a| a.name == "value")?;
+    value.t.as_ref()
 }
 
 /// The index of the node that makes value `name`, if a node does.
