@@ -343,9 +343,7 @@ impl TypedOp for MatMul {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::graph::{Graph, Shapes};
-    use crate::model::qmatmul::tests::{float_value, model, node, tensor};
-    use std::path::Path;
+    use crate::model::qmatmul::tests::{float_value, model, node, outputs_as_f32, tensor};
     use tract_onnx::pb::{ModelProto, TensorProto};
 
     fn floats(name: &str, dims: &[usize], seed: usize) -> TensorProto {
@@ -382,21 +380,6 @@ mod tests {
                 .collect(),
             ..Default::default()
         })
-    }
-
-    fn run(proto: &ModelProto, x: &Tensor) -> Vec<Vec<f32>> {
-        let g = Graph::prepare(Path::new("<test>"), proto, &Shapes::default(), 1).unwrap();
-        let outputs = g.run(|_| Ok(x.clone())).unwrap();
-        outputs
-            .iter()
-            .map(|t| {
-                t.try_as_plain_ram()
-                    .unwrap()
-                    .as_slice::<f32>()
-                    .unwrap()
-                    .to_vec()
-            })
-            .collect()
     }
 
     #[test]
@@ -446,7 +429,7 @@ mod tests {
                 .map(|i| ((i * 31 % 97) as f32 - 40.0) / 9.0)
                 .collect();
             let x = Tensor::from_shape(&[2, 3, k], &values).unwrap();
-            let (tract, glance) = (run(&proto, &x), run(&claimed, &x));
+            let (tract, glance) = (outputs_as_f32(&proto, &x), outputs_as_f32(&claimed, &x));
             for (y, (want, got)) in tract.iter().zip(&glance).enumerate() {
                 for (w, g) in want.iter().zip(got) {
                     // Sums in another order: close, not equal.

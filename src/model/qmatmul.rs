@@ -516,8 +516,13 @@ pub(super) mod tests {
         integers
             .prepare(graph, &|t| Ok(Cow::Borrowed(&t.raw_data[..])))
             .unwrap();
+        outputs_as_f32(&proto, x)
+    }
+
+    /// Every output of `proto` run on its one input `x`, as f32 values.
+    pub(in crate::model) fn outputs_as_f32(proto: &ModelProto, x: &Tensor) -> Vec<Vec<f32>> {
         let shapes = Shapes::default();
-        let g = Graph::prepare(Path::new("<test>"), &proto, &shapes, 1).unwrap();
+        let g = Graph::prepare(Path::new("<test>"), proto, &shapes, 1).unwrap();
         let outputs = g.run(|_| Ok(x.clone())).unwrap();
         outputs
             .iter()
